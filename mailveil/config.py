@@ -1,0 +1,157 @@
+"""Settings read once from the environment and passed explicitly to every component.
+
+Nothing reads ``os.environ`` after start-up: a wrong value fails here, naming the variable,
+instead of surfacing as a puzzling error deep inside a delivery attempt.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+PREFIX = "MAILVEIL_"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message starts with the variable's name."""
+
+
+@dataclass(frozen=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path("var")
+    database_url: str = ""
+    relay_domain: str = "reply.example.com"
+    smtp_listen: HostPort = HostPort("127.0.0.1", 2525)
+    http_listen: HostPort = HostPort("127.0.0.1", 8025)
+    smarthost: HostPort | None = None
+    api_token: str | None = None
+    customer_prefix: str = "customer-"
+    supplier_prefix: str = "local-partner-"
+    bounce_prefix: str = "bounce-"
+    noreply_local: str = "no-reply"
+    grace_period: timedelta = timedelta(days=7)
+    platform_name: str = "mailveil"
+    display_name_template: str = "{name} via {platform}"
+    max_message_bytes: int = 14 * 1024 * 1024
+    retry_for: timedelta = timedelta(days=3)
+    retry_first: timedelta = timedelta(seconds=60)
+    retry_max_interval: timedelta = timedelta(hours=1)
+    contact_form_url: str = "https://example.com/contact"
+    dkim_selector: str = "mailveil"
+    dkim_key_path: Path | None = None
+    worker_batch: int = 50
+
+    @property
+    def capture_dir(self) -> Path:
+        """Maildir where outgoing mail lands when no smarthost is configured."""
+        return self.data_dir / "captured"
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'mailveil.sqlite3').resolve()}"
+
+
+_DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+_LOCAL_PREFIX_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,30}$")
+
+
+def _host_port(name: str, value: str) -> HostPort:
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{PREFIX}{name}: expected host:port, got {value!r}")
+    return HostPort(host, int(port))
+
+
+def _positive_int(name: str, value: str) -> int:
+    if not value.isdigit() or int(value) <= 0:
+        raise ConfigError(f"{PREFIX}{name}: expected a positive whole number, got {value!r}")
+    return int(value)
+
+
+def _prefix(name: str, value: str) -> str:
+    if not _LOCAL_PREFIX_RE.match(value):
+        raise ConfigError(f"{PREFIX}{name}: expected a short lower-case local-part prefix, got {value!r}")
+    return value
+
+
+def from_env(env: Mapping[str, str]) -> Settings:
+    """Build settings from ``MAILVEIL_*`` variables; every other key is ignored."""
+
+    def get(name: str) -> str | None:
+        value = env.get(PREFIX + name)
+        return value.strip() if value is not None and value.strip() else None
+
+    values: dict[str, object] = {}
+    if (v := get("DATA_DIR")) is not None:
+        values["data_dir"] = Path(v)
+    if (v := get("DATABASE_URL")) is not None:
+        if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", v):
+            raise ConfigError(
+                f"{PREFIX}DATABASE_URL: expected sqlite:///path or postgresql+psycopg://..., got {v!r}"
+            )
+        values["database_url"] = v
+    if (v := get("RELAY_DOMAIN")) is not None:
+        if not _DOMAIN_RE.match(v.lower()):
+            raise ConfigError(f"{PREFIX}RELAY_DOMAIN: expected a domain name, got {v!r}")
+        values["relay_domain"] = v.lower()
+    for name, attr in (("SMTP_LISTEN", "smtp_listen"), ("HTTP_LISTEN", "http_listen"),
+                       ("SMARTHOST", "smarthost")):
+        if (v := get(name)) is not None:
+            values[attr] = _host_port(name, v)
+    if (v := get("API_TOKEN")) is not None:
+        if len(v) < 16:
+            raise ConfigError(f"{PREFIX}API_TOKEN: use at least 16 characters")
+        values["api_token"] = v
+    for name, attr in (("CUSTOMER_PREFIX", "customer_prefix"),
+                       ("SUPPLIER_PREFIX", "supplier_prefix"),
+                       ("BOUNCE_PREFIX", "bounce_prefix")):
+        if (v := get(name)) is not None:
+            values[attr] = _prefix(name, v)
+    if (v := get("GRACE_DAYS")) is not None:
+        if not v.isdigit():
+            raise ConfigError(f"{PREFIX}GRACE_DAYS: expected a whole number of days, got {v!r}")
+        values["grace_period"] = timedelta(days=int(v))
+    if (v := get("RETRY_HOURS")) is not None:
+        values["retry_for"] = timedelta(hours=_positive_int("RETRY_HOURS", v))
+    if (v := get("RETRY_FIRST_SECONDS")) is not None:
+        values["retry_first"] = timedelta(seconds=_positive_int("RETRY_FIRST_SECONDS", v))
+    if (v := get("MAX_MESSAGE_BYTES")) is not None:
+        values["max_message_bytes"] = _positive_int("MAX_MESSAGE_BYTES", v)
+    if (v := get("PLATFORM_NAME")) is not None:
+        values["platform_name"] = v
+    if (v := get("DISPLAY_NAME")) is not None:
+        if "{name}" not in v:
+            raise ConfigError(f"{PREFIX}DISPLAY_NAME: must contain {{name}}, got {v!r}")
+        try:
+            v.format(name="x", platform="y")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConfigError(f"{PREFIX}DISPLAY_NAME: only {{name}} and {{platform}} allowed") from exc
+        values["display_name_template"] = v
+    if (v := get("CONTACT_FORM_URL")) is not None:
+        if not re.match(r"^https?://\S+$", v):
+            raise ConfigError(f"{PREFIX}CONTACT_FORM_URL: expected an http(s) URL, got {v!r}")
+        values["contact_form_url"] = v
+    if (v := get("DKIM_SELECTOR")) is not None:
+        values["dkim_selector"] = v
+    if (v := get("DKIM_KEY")) is not None:
+        if not Path(v).is_file():
+            raise ConfigError(f"{PREFIX}DKIM_KEY: no such file {v!r}")
+        values["dkim_key_path"] = Path(v)
+    s = Settings(**values)  # type: ignore[arg-type]
+    prefixes = {s.customer_prefix, s.supplier_prefix, s.bounce_prefix, s.noreply_local}
+    if len(prefixes) != 4:
+        raise ConfigError(f"{PREFIX}CUSTOMER_PREFIX/SUPPLIER_PREFIX/BOUNCE_PREFIX must differ")
+    return s

@@ -1,0 +1,1 @@
+"""The rules of the relay as pure values and functions: no I/O, no clock, no database."""

@@ -1,0 +1,168 @@
+"""Tables. The outbox is the ``outbound_messages`` table itself: queueing a message and
+archiving it are one row written in one transaction, so neither can exist without the other.
+
+Raw messages are stored zlib-compressed with the SHA-256 of the uncompressed bytes, so
+``mailveil archive verify`` can prove the archive is what was received and sent.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend (SQLite would hand back naive ones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime}
+
+
+class SupplierRow(Base):
+    __tablename__ = "suppliers"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    email: Mapped[str] = mapped_column(String(320))
+    locale: Mapped[str] = mapped_column(String(35))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class BookingRow(Base):
+    __tablename__ = "bookings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    reference: Mapped[str] = mapped_column(String(64), unique=True)
+    supplier_id: Mapped[str] = mapped_column(ForeignKey("suppliers.id"), index=True)
+    customer_name: Mapped[str] = mapped_column(String(200))
+    customer_email: Mapped[str] = mapped_column(String(320))
+    customer_locale: Mapped[str] = mapped_column(String(35))
+    activity_start: Mapped[datetime]
+    activity_end: Mapped[datetime]
+    status: Mapped[str] = mapped_column(String(16))
+    cancelled_at: Mapped[datetime | None]
+    customer_token: Mapped[str] = mapped_column(String(12), unique=True)
+    supplier_token: Mapped[str] = mapped_column(String(12), unique=True)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class InboundRow(Base):
+    """A message exactly as accepted with 250, before anything was decided about it."""
+
+    __tablename__ = "inbound_messages"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    received_at: Mapped[datetime]
+    mail_from: Mapped[str] = mapped_column(String(320))
+    rcpt_to: Mapped[list[str]] = mapped_column(JSON)
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int]
+    # received -> processed | failed ; processing picks "received" rows
+    state: Mapped[str] = mapped_column(String(16))
+    lease_until: Mapped[datetime | None]
+    processed_at: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    scan: Mapped[str] = mapped_column(String(64), default="not scanned")
+
+    __table_args__ = (Index("ix_inbound_state_id", "state", "id"),)
+
+
+class ArchiveEntryRow(Base):
+    """What was decided about one inbound message for one booking (BCC makes several)."""
+
+    __tablename__ = "archive_entries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    inbound_id: Mapped[int] = mapped_column(ForeignKey("inbound_messages.id"), index=True)
+    booking_id: Mapped[int | None] = mapped_column(ForeignKey("bookings.id"), index=True)
+    sender_role: Mapped[str | None] = mapped_column(String(16))
+    subject: Mapped[str] = mapped_column(Text, default="")
+    outcome: Mapped[str] = mapped_column(String(40))
+    detail: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime]
+
+
+class OutboundRow(Base):
+    """One message to one recipient: a relayed copy or a notice. Also the outbox."""
+
+    __tablename__ = "outbound_messages"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    inbound_id: Mapped[int | None] = mapped_column(ForeignKey("inbound_messages.id"), index=True)
+    booking_id: Mapped[int | None] = mapped_column(ForeignKey("bookings.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # relay | notice
+    recipient_role: Mapped[str | None] = mapped_column(String(16))
+    bounce_token: Mapped[str] = mapped_column(String(12), unique=True)
+    mail_from: Mapped[str] = mapped_column(String(320))
+    rcpt_to: Mapped[str] = mapped_column(String(320))
+    message_id: Mapped[str] = mapped_column(String(255))
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    sha256: Mapped[str] = mapped_column(String(64))
+    # queued -> delivered | failed | bounced
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime]
+    lease_until: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+
+    __table_args__ = (Index("ix_outbound_state_next", "state", "next_attempt_at"),)
+
+
+class AttemptRow(Base):
+    __tablename__ = "delivery_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    outbound_id: Mapped[int] = mapped_column(ForeignKey("outbound_messages.id"), index=True)
+    attempted_at: Mapped[datetime]
+    code: Mapped[int | None]
+    response: Mapped[str] = mapped_column(Text)
+    outcome: Mapped[str] = mapped_column(String(16))  # delivered | temporary | permanent
+
+
+class MessageIdRow(Base):
+    """Original Message-ID of a relayed message and the one we gave its copy."""
+
+    __tablename__ = "message_ids"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    booking_id: Mapped[int] = mapped_column(ForeignKey("bookings.id"))
+    sender_role: Mapped[str] = mapped_column(String(16))
+    original_id: Mapped[str] = mapped_column(String(255))
+    relayed_id: Mapped[str] = mapped_column(String(255))
+
+    __table_args__ = (
+        Index("ix_message_ids_relayed", "booking_id", "relayed_id"),
+        Index("ix_message_ids_original", "booking_id", "original_id"),
+    )
