@@ -52,6 +52,9 @@ class Settings:
     dkim_selector: str = "mailveil"
     dkim_key_path: Path | None = None
     worker_batch: int = 50
+    clamd: str | None = None
+    lease: timedelta = timedelta(minutes=5)
+    banner: bool = True
 
     @property
     def capture_dir(self) -> Path:
@@ -128,6 +131,8 @@ def from_env(env: Mapping[str, str]) -> Settings:
         values["retry_for"] = timedelta(hours=_positive_int("RETRY_HOURS", v))
     if (v := get("RETRY_FIRST_SECONDS")) is not None:
         values["retry_first"] = timedelta(seconds=_positive_int("RETRY_FIRST_SECONDS", v))
+    if (v := get("LEASE_SECONDS")) is not None:
+        values["lease"] = timedelta(seconds=_positive_int("LEASE_SECONDS", v))
     if (v := get("MAX_MESSAGE_BYTES")) is not None:
         values["max_message_bytes"] = _positive_int("MAX_MESSAGE_BYTES", v)
     if (v := get("PLATFORM_NAME")) is not None:
@@ -150,6 +155,14 @@ def from_env(env: Mapping[str, str]) -> Settings:
         if not Path(v).is_file():
             raise ConfigError(f"{PREFIX}DKIM_KEY: no such file {v!r}")
         values["dkim_key_path"] = Path(v)
+    if (v := get("CLAMD")) is not None:
+        if not (v.startswith("/") or re.match(r"^[\w.\[\]:-]+:\d+$", v)):
+            raise ConfigError(f"{PREFIX}CLAMD: expected host:port or a unix socket path, got {v!r}")
+        values["clamd"] = v
+    if (v := get("BANNER")) is not None:
+        if v.lower() not in ("on", "off"):
+            raise ConfigError(f"{PREFIX}BANNER: expected on or off, got {v!r}")
+        values["banner"] = v.lower() == "on"
     s = Settings(**values)  # type: ignore[arg-type]
     prefixes = {s.customer_prefix, s.supplier_prefix, s.bounce_prefix, s.noreply_local}
     if len(prefixes) != 4:

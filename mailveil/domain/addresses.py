@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 TOKEN_HEX_DIGITS = 12
+BOUNCE_TOKEN_HEX_DIGITS = 20  # one per outgoing message: 80 bits keep clashes out of reach
 _TOKEN_RE = re.compile(r"^[0-9a-f]{12}$")
+_BOUNCE_TOKEN_RE = re.compile(r"^[0-9a-f]{20}$")
 
 
 class Role(StrEnum):
@@ -68,7 +70,8 @@ class AddressBook:
                              (self.supplier_prefix, Role.SUPPLIER)):
             if local.startswith(prefix) and _TOKEN_RE.match(local[len(prefix):]):
                 return ParsedAddress(Kind.PARTY, local[len(prefix):], role)
-        if local.startswith(self.bounce_prefix) and _TOKEN_RE.match(local[len(self.bounce_prefix):]):
+        if (local.startswith(self.bounce_prefix)
+                and _BOUNCE_TOKEN_RE.match(local[len(self.bounce_prefix):])):
             return ParsedAddress(Kind.BOUNCE, local[len(self.bounce_prefix):], None)
         return None
 
@@ -83,6 +86,10 @@ class ParsedAddress:
 def new_token() -> str:
     """A fresh 48-bit random token in lower-case hex."""
     return secrets.token_hex(TOKEN_HEX_DIGITS // 2)
+
+
+def new_bounce_token() -> str:
+    return secrets.token_hex(BOUNCE_TOKEN_HEX_DIGITS // 2)
 
 
 def same_mailbox(a: str, b: str) -> bool:

@@ -122,7 +122,7 @@ class OutboundRow(Base):
     booking_id: Mapped[int | None] = mapped_column(ForeignKey("bookings.id"), index=True)
     kind: Mapped[str] = mapped_column(String(16))  # relay | notice
     recipient_role: Mapped[str | None] = mapped_column(String(16))
-    bounce_token: Mapped[str] = mapped_column(String(12), unique=True)
+    bounce_token: Mapped[str] = mapped_column(String(24), unique=True)
     mail_from: Mapped[str] = mapped_column(String(320))
     rcpt_to: Mapped[str] = mapped_column(String(320))
     message_id: Mapped[str] = mapped_column(String(255))

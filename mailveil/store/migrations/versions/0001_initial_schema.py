@@ -5,17 +5,16 @@ Revises:
 Create Date: 2026-11-25 11:57:02.377712
 
 """
-from typing import Sequence, Union
+from collections.abc import Sequence
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 # revision identifiers, used by Alembic.
 revision: str = '0001'
-down_revision: Union[str, Sequence[str], None] = None
-branch_labels: Union[str, Sequence[str], None] = None
-depends_on: Union[str, Sequence[str], None] = None
+down_revision: str | Sequence[str] | None = None
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
@@ -108,7 +107,7 @@ def upgrade() -> None:
     sa.Column('booking_id', sa.Integer(), nullable=True),
     sa.Column('kind', sa.String(length=16), nullable=False),
     sa.Column('recipient_role', sa.String(length=16), nullable=True),
-    sa.Column('bounce_token', sa.String(length=12), nullable=False),
+    sa.Column('bounce_token', sa.String(length=24), nullable=False),
     sa.Column('mail_from', sa.String(length=320), nullable=False),
     sa.Column('rcpt_to', sa.String(length=320), nullable=False),
     sa.Column('message_id', sa.String(length=255), nullable=False),

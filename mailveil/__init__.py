@@ -1,0 +1,1 @@
+"""mailveil: a masked e-mail relay for marketplaces."""

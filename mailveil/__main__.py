@@ -1,0 +1,5 @@
+import sys
+
+from mailveil.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Outbox to the world: leases queued messages, sends them, records every attempt."""

@@ -1,0 +1,199 @@
+"""Wires settings into running roles: the SMTP listener, the worker and the web app.
+
+``serve`` runs all three on one event loop; ``smtp``, ``worker`` and ``web`` run one each so
+an operator can scale them apart on one PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import uvicorn
+from sqlalchemy.orm import Session, sessionmaker
+
+from mailveil.config import Settings
+from mailveil.delivery.transport import CaptureTransport, SmarthostTransport, Transport
+from mailveil.delivery.worker import Deliverer, Policy
+from mailveil.domain.addresses import AddressBook
+from mailveil.mail import dkim
+from mailveil.pipeline.compose import Voice
+from mailveil.pipeline.process import Pipeline, Processor
+from mailveil.scan.clamd import Clamd, ScannerUnavailable, scan_message
+from mailveil.smtp import listener
+from mailveil.smtp.backend import StoreBackend
+from mailveil.store.db import make_engine, migrate, session_factory
+from mailveil.web.api import ApiContext, create_app
+
+log = logging.getLogger(__name__)
+
+IDLE_POLL_SECONDS = 0.5
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def address_book(settings: Settings) -> AddressBook:
+    return AddressBook(settings.relay_domain, settings.customer_prefix,
+                       settings.supplier_prefix, settings.bounce_prefix, settings.noreply_local)
+
+
+def api_token(settings: Settings) -> str:
+    """The configured token, or one generated once and kept in the data directory."""
+    if settings.api_token:
+        return settings.api_token
+    path = settings.data_dir / "api-token"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(32) + "\n")
+        path.chmod(0o600)
+        log.warning("MAILVEIL_API_TOKEN is not set: generated one in %s", path)
+    return path.read_text().strip()
+
+
+class NoScanner:
+    """The embedded demo: nothing scans, and every archive entry says so."""
+
+    async def verdict(self, raw: bytes) -> str:
+        return "not scanned"
+
+
+class ClamdScanner:
+    def __init__(self, address: str) -> None:
+        self._clamd = Clamd(address)
+
+    async def verdict(self, raw: bytes) -> str:
+        try:
+            result = await scan_message(raw, self._clamd)
+        except ScannerUnavailable as exc:
+            raise listener.ScannerUnavailable(str(exc)) from exc
+        if result.clean:
+            return "clean"
+        return "infected: " + ", ".join(f.signature for f in result.findings)
+
+
+def scanner(settings: Settings) -> listener.Scanner:
+    if settings.clamd:
+        return ClamdScanner(settings.clamd)
+    log.warning("MAILVEIL_CLAMD is not set: ATTACHMENTS ARE NOT SCANNED FOR VIRUSES; "
+                "every archive entry records 'not scanned'")
+    return NoScanner()
+
+
+def signer(settings: Settings) -> Callable[[bytes], bytes]:
+    path = settings.dkim_key_path or settings.data_dir / "dkim" / f"{settings.dkim_selector}.pem"
+    key = dkim.load_or_create_key(Path(path))
+    name, value = dkim.dns_txt_record(key, settings.dkim_selector, settings.relay_domain)
+    log.info("DKIM: publish TXT %s \"%s\"", name, value)
+
+    def sign(raw: bytes) -> bytes:
+        return dkim.sign(raw, domain=settings.relay_domain, selector=settings.dkim_selector,
+                         private_key=key)
+
+    return sign
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    stopping: asyncio.Event
+    wake: asyncio.Event
+
+
+def open_runtime(settings: Settings) -> Runtime:
+    url = settings.resolved_database_url
+    migrate(url)
+    engine = make_engine(url)
+    return Runtime(settings, session_factory(engine), asyncio.Event(), asyncio.Event())
+
+
+async def run_smtp(rt: Runtime) -> None:
+    s = rt.settings
+    backend = StoreBackend(rt.sessions, address_book(s))
+    handler = listener.RelayHandler(backend, scanner(s), on_accept=rt.wake.set)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: listener.smtp_factory(handler, hostname=s.relay_domain,
+                                      data_size_limit=s.max_message_bytes),
+        host=s.smtp_listen.host, port=s.smtp_listen.port)
+    log.info("SMTP listening on %s", s.smtp_listen)
+    await rt.stopping.wait()
+    server.close()
+    await server.wait_closed()
+
+
+def _transports(settings: Settings, count: int) -> list[Transport]:
+    if settings.smarthost is None:
+        log.warning("MAILVEIL_SMARTHOST is not set: outgoing mail is captured in %s",
+                    settings.capture_dir / "new")
+        return [CaptureTransport(settings.capture_dir)]
+    host = settings.smarthost
+    return [SmarthostTransport(host.host, host.port, local_hostname=settings.relay_domain)
+            for _ in range(count)]
+
+
+async def run_worker(rt: Runtime) -> None:
+    s = rt.settings
+    book = address_book(s)
+    voice = Voice(platform_name=s.platform_name, display_name_template=s.display_name_template,
+                  banner=s.banner, grace=s.grace_period, contact_form_url=s.contact_form_url)
+    processor = Processor(rt.sessions, Pipeline(book, voice, signer(s), batch=s.worker_batch,
+                                                lease=s.lease))
+    policy = Policy(retry_first=s.retry_first, retry_cap=s.retry_max_interval,
+                    retry_for=s.retry_for, batch=s.worker_batch, lease=s.lease)
+    transports = _transports(s, policy.connections)
+    deliverer = Deliverer(rt.sessions, transports, policy, processor.give_up)
+    try:
+        while not rt.stopping.is_set():
+            rt.wake.clear()
+            processed = await asyncio.to_thread(processor.run_once, now())
+            sent = await deliverer.run_once(now)
+            if not processed and not sent:
+                await _sleep_until(rt.wake, IDLE_POLL_SECONDS)
+    finally:
+        for t in transports:
+            await t.close()
+
+
+async def _sleep_until(event: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(event.wait(), seconds)
+    except TimeoutError:
+        pass
+
+
+async def run_web(rt: Runtime) -> None:
+    s = rt.settings
+    app = create_app(ApiContext(rt.sessions, address_book(s), api_token(s), s.grace_period))
+    server = uvicorn.Server(uvicorn.Config(app, host=s.http_listen.host, port=s.http_listen.port,
+                                           log_level="warning", lifespan="off"))
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve())
+    log.info("HTTP listening on %s", s.http_listen)
+    await rt.stopping.wait()
+    server.should_exit = True
+    await task
+
+
+ROLES: dict[str, tuple[Callable[[Runtime], Awaitable[None]], ...]] = {
+    "serve": (run_smtp, run_worker, run_web),
+    "smtp": (run_smtp,),
+    "worker": (run_worker,),
+    "web": (run_web,),
+}
+
+
+async def run(settings: Settings, role: str) -> None:
+    rt = open_runtime(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, rt.stopping.set)
+    await asyncio.gather(*(part(rt) for part in ROLES[role]))

@@ -1,0 +1,37 @@
+"""The listener's two questions to the store, as blocking calls run off the event loop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+from sqlalchemy.orm import Session
+
+from mailveil.domain.addresses import AddressBook, Kind
+from mailveil.smtp.gate import Lookup
+from mailveil.store import repository as repo
+
+
+class StoreBackend:
+    def __init__(self, sessions: Callable[[], Session], book: AddressBook) -> None:
+        self._sessions = sessions
+        self._book = book
+
+    def lookup(self, address: str) -> Lookup:
+        parsed = self._book.parse(address)
+        if parsed is None:
+            return Lookup(None)
+        with self._sessions() as s:
+            if parsed.kind is Kind.BOUNCE:
+                return Lookup(parsed, bounce_known=repo.outbound_by_bounce_token(
+                    s, parsed.token) is not None)
+            assert parsed.role is not None
+            row = repo.booking_by_token(s, parsed.role, parsed.token)
+            return Lookup(parsed, repo.to_domain(s, row) if row else None)
+
+    def accept(self, mail_from: str, rcpt_to: Sequence[str], raw: bytes, scan: str) -> int:
+        """Commit the message; only after this returns may the listener answer 250."""
+        with self._sessions() as s, s.begin():
+            return repo.store_inbound(s, mail_from=mail_from, rcpt_to=rcpt_to, raw=raw,
+                                      scan=scan, now=datetime.now(UTC))
+

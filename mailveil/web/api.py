@@ -1,0 +1,188 @@
+"""The marketplace API: suppliers and bookings in, relay addresses and archives out."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from mailveil.domain.addresses import AddressBook, Role
+from mailveil.domain.booking import BookingStatus, Party, is_open, open_until
+from mailveil.store import repository as repo
+from mailveil.store.models import (
+    ArchiveEntryRow,
+    AttemptRow,
+    BookingRow,
+    InboundRow,
+    OutboundRow,
+)
+from mailveil.web.schemas import (
+    ArchiveEntryOut,
+    AttemptOut,
+    BookingIn,
+    BookingOut,
+    BookingPatch,
+    CustomerIn,
+    OutboundOut,
+    SupplierIn,
+    SupplierOut,
+)
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+@dataclass(frozen=True)
+class ApiContext:
+    sessions: Callable[[], Session]
+    book: AddressBook
+    api_token: str
+    grace: timedelta
+
+
+def _ctx(request: Request) -> ApiContext:
+    ctx: ApiContext = request.app.state.ctx
+    return ctx
+
+
+def _session(request: Request) -> Iterator[Session]:
+    with _ctx(request).sessions() as s, s.begin():
+        yield s
+
+
+def _authorized(request: Request,
+                creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+    token = _ctx(request).api_token
+    if creds is None or not secrets.compare_digest(creds.credentials.encode(), token.encode()):
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or wrong bearer token",
+                            headers={"WWW-Authenticate": "Bearer"})
+
+
+DB = Annotated[Session, Depends(_session)]
+router = APIRouter(prefix="/api/v1", dependencies=[Depends(_authorized)])
+
+
+def _booking_out(s: Session, ctx: ApiContext, row: BookingRow) -> BookingOut:
+    booking = repo.to_domain(s, row)
+    now = datetime.now(UTC)
+    return BookingOut(
+        reference=row.reference, supplier_id=row.supplier_id,
+        customer=CustomerIn(name=row.customer_name, email=row.customer_email,
+                            locale=row.customer_locale),
+        activity_start=row.activity_start, activity_end=row.activity_end, status=row.status,
+        customer_relay_address=ctx.book.relay_address(Role.CUSTOMER, row.customer_token),
+        supplier_relay_address=ctx.book.relay_address(Role.SUPPLIER, row.supplier_token),
+        open_until=open_until(booking, ctx.grace),
+        is_open=is_open(booking, ctx.grace, now),
+    )
+
+
+def _existing(s: Session, reference: str) -> BookingRow:
+    row = repo.booking_by_reference(s, reference)
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no booking with reference {reference!r}")
+    return row
+
+
+@router.post("/suppliers", status_code=status.HTTP_201_CREATED)
+def put_supplier(body: SupplierIn, s: DB) -> SupplierOut:
+    """Create or update a supplier (idempotent by id)."""
+    repo.upsert_supplier(s, id=body.id, name=body.name, email=body.email, locale=body.locale,
+                         now=datetime.now(UTC))
+    return SupplierOut(**body.model_dump())
+
+
+@router.post("/bookings", status_code=status.HTTP_201_CREATED)
+def post_booking(body: BookingIn, s: DB, request: Request, response: Response) -> BookingOut:
+    """Register a confirmed booking; re-posting a reference returns the same addresses."""
+    ctx = _ctx(request)
+    existing = repo.booking_by_reference(s, body.reference)
+    if existing is not None:
+        if existing.supplier_id != body.supplier_id:
+            raise HTTPException(status.HTTP_409_CONFLICT,
+                                "this reference belongs to another supplier")
+        response.status_code = status.HTTP_200_OK
+        return _booking_out(s, ctx, existing)
+    if repo.get_supplier(s, body.supplier_id) is None:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            f"unknown supplier_id {body.supplier_id!r}; POST /api/v1/suppliers first")
+    row = repo.create_booking(
+        s, reference=body.reference, supplier_id=body.supplier_id,
+        customer=Party(body.customer.name, body.customer.email, body.customer.locale),
+        activity_start=body.activity_start, activity_end=body.activity_end,
+        now=datetime.now(UTC))
+    return _booking_out(s, ctx, row)
+
+
+@router.get("/bookings/{reference}")
+def get_booking(reference: str, s: DB, request: Request) -> BookingOut:
+    return _booking_out(s, _ctx(request), _existing(s, reference))
+
+
+@router.patch("/bookings/{reference}")
+def patch_booking(reference: str, body: BookingPatch, s: DB, request: Request) -> BookingOut:
+    """Move the activity (the conversation window moves with it) or cancel the booking."""
+    row = _existing(s, reference)
+    now = datetime.now(UTC)
+    start = body.activity_start or row.activity_start
+    end = body.activity_end or row.activity_end
+    if end < start:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            "activity_end is before activity_start")
+    row.activity_start, row.activity_end, row.updated_at = start, end, now
+    if body.status == "cancelled" and row.status != BookingStatus.CANCELLED:
+        row.status, row.cancelled_at = BookingStatus.CANCELLED.value, now
+    s.flush()
+    return _booking_out(s, _ctx(request), row)
+
+
+@router.get("/bookings/{reference}/messages")
+def get_archive(reference: str, s: DB) -> list[ArchiveEntryOut]:
+    """Every message of the conversation: what came in, what went out, every attempt."""
+    booking = _existing(s, reference)
+    entries = s.scalars(select(ArchiveEntryRow).where(ArchiveEntryRow.booking_id == booking.id)
+                        .order_by(ArchiveEntryRow.id)).all()
+    out = []
+    for e in entries:
+        inbound = s.get(InboundRow, e.inbound_id)
+        assert inbound is not None
+        copies = s.scalars(select(OutboundRow).where(OutboundRow.inbound_id == inbound.id,
+                                                     OutboundRow.booking_id == booking.id)
+                           .order_by(OutboundRow.id)).all()
+        out.append(ArchiveEntryOut(
+            inbound_id=inbound.id, received_at=inbound.received_at, sender=e.sender_role,
+            subject=e.subject, outcome=e.outcome, detail=e.detail, size=inbound.size,
+            sha256=inbound.sha256, scan=inbound.scan,
+            outbound=[_outbound_out(s, o) for o in copies],
+        ))
+    return out
+
+
+def _outbound_out(s: Session, o: OutboundRow) -> OutboundOut:
+    attempts = s.scalars(select(AttemptRow).where(AttemptRow.outbound_id == o.id)
+                         .order_by(AttemptRow.id)).all()
+    return OutboundOut(
+        id=o.id, kind=o.kind, to=o.recipient_role or "", message_id=o.message_id, state=o.state,
+        sha256=o.sha256,
+        attempts=[AttemptOut(attempted_at=a.attempted_at, code=a.code, response=a.response,
+                             outcome=a.outcome) for a in attempts],
+    )
+
+
+def create_app(ctx: ApiContext) -> FastAPI:
+    app = FastAPI(title="mailveil", summary="Masked e-mail relay for marketplaces",
+                  version="0.1.0")
+    app.state.ctx = ctx
+    app.include_router(router)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

@@ -1,0 +1,201 @@
+"""The relay end to end: smtplib as the sender's mail program -> mailveil (a real
+``mailveil serve`` process) -> a real receiving SMTP server, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import smtplib
+import time
+from datetime import UTC, datetime, timedelta
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from email.utils import make_msgid
+
+import httpx
+import pytest
+
+from tests.conftest import Mailveil
+from tests.support.net import free_port
+from tests.support.sink import Sink
+
+CUSTOMER = "ann.lee@customer-mail.example"
+SUPPLIER = "bookings@sunny-tours.example"
+
+
+def register(mv: Mailveil, reference: str = "GYG-1001", *, days_from_now: float = 3,
+             customer: str = CUSTOMER, supplier: str = SUPPLIER,
+             supplier_id: str = "sup-1", locale: str = "en") -> dict[str, str]:
+    start = datetime.now(UTC) + timedelta(days=days_from_now)
+    with httpx.Client(headers=mv.headers, timeout=10) as http:
+        r = http.post(f"{mv.api}/suppliers", json={
+            "id": supplier_id, "name": "Sunny Tours", "email": supplier, "locale": "fr"})
+        assert r.status_code == 201, r.text
+        r = http.post(f"{mv.api}/bookings", json={
+            "reference": reference, "supplier_id": supplier_id,
+            "customer": {"name": "Ann Lee", "email": customer, "locale": locale},
+            "activity_start": start.isoformat(),
+            "activity_end": (start + timedelta(hours=3)).isoformat(),
+        })
+        assert r.status_code == 201, r.text
+        body: dict[str, str] = r.json()
+        return body
+
+
+def send(mv: Mailveil, msg: EmailMessage, mail_from: str, rcpts: list[str]) -> None:
+    with smtplib.SMTP("127.0.0.1", mv.smtp_port, timeout=30) as smtp:
+        smtp.send_message(msg, from_addr=mail_from, to_addrs=rcpts)
+
+
+def mail(frm: str, to: str, subject: str, body: str, **headers: str) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = frm
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Message-ID"] = make_msgid(domain=frm.rpartition("@")[2].rstrip(">"))
+    for name, value in headers.items():
+        msg[name.replace("_", "-")] = value
+    msg.set_content(body)
+    return msg
+
+
+def archive(mv: Mailveil, reference: str, count: int, timeout: float = 20) -> list[dict]:  # type: ignore[type-arg]
+    deadline = time.monotonic() + timeout
+    while True:
+        r = httpx.get(f"{mv.api}/bookings/{reference}/messages", headers=mv.headers)
+        assert r.status_code == 200
+        entries = r.json()
+        if len(entries) >= count or time.monotonic() > deadline:
+            return entries  # type: ignore[no-any-return]
+        time.sleep(0.1)
+
+
+def test_customer_writes_supplier_replies_in_thread(mailveil: Mailveil, sink: Sink) -> None:
+    b = register(mailveil)
+    first = mail(f"Ann Lee <{CUSTOMER}>", b["supplier_relay_address"], "Pick-up point?",
+                 f"Hello, where do we meet? You can reach me at {CUSTOMER}.\n",
+                 X_Originating_IP="[203.0.113.9]", Reply_To=CUSTOMER)
+    send(mailveil, first, CUSTOMER, [b["supplier_relay_address"]])
+
+    got = sink.wait_for(1)[0]
+    assert got.rcpt_tos == (SUPPLIER,)
+    assert CUSTOMER.encode() not in got.data.lower()
+    assert b"203.0.113.9" not in got.data
+    relayed = message_from_bytes(got.data, policy=policy.default)
+    assert relayed["From"].addresses[0].addr_spec == b["customer_relay_address"]
+    assert "Ann Lee" in relayed["From"].addresses[0].display_name
+    assert relayed["To"].addresses[0].addr_spec == SUPPLIER
+    assert relayed["Subject"] == "Pick-up point?"
+    assert got.mail_from.startswith("bounce-") and got.mail_from.endswith("@reply.example.com")
+    assert "DKIM-Signature" in relayed
+
+    # The supplier hits "reply" in their mail program.
+    reply = mail(f"Sunny Tours <{SUPPLIER}>", str(relayed["Reply-To"] or relayed["From"]),
+                 "Re: Pick-up point?", f"At the fountain.\n\nOn Tue, Ann Lee <{CUSTOMER}> wrote:\n"
+                 "> Hello, where do we meet?\n",
+                 In_Reply_To=relayed["Message-ID"], References=relayed["Message-ID"])
+    send(mailveil, reply, SUPPLIER, [b["customer_relay_address"]])
+    back = sink.wait_for(2)[1]
+    assert back.rcpt_tos == (CUSTOMER,)
+    assert SUPPLIER.encode() not in back.data.lower()
+    answer = message_from_bytes(back.data, policy=policy.default)
+    assert answer["From"].addresses[0].addr_spec == b["supplier_relay_address"]
+    # The customer's program threads it under the message it sent.
+    assert answer["In-Reply-To"] == first["Message-ID"]
+    assert first["Message-ID"] in answer["References"]
+    assert answer["Message-ID"] != reply["Message-ID"]
+
+    entries = archive(mailveil, "GYG-1001", 2)
+    assert [e["outcome"] for e in entries] == ["relayed", "relayed"]
+    assert [e["sender"] for e in entries] == ["customer", "supplier"]
+    assert all(e["outbound"][0]["state"] == "delivered" for e in
+               archive_until_delivered(mailveil, "GYG-1001"))
+
+
+def archive_until_delivered(mv: Mailveil, reference: str, timeout: float = 20) -> list[dict]:  # type: ignore[type-arg]
+    deadline = time.monotonic() + timeout
+    while True:
+        entries = archive(mv, reference, 1)
+        if all(o["state"] != "queued" for e in entries for o in e["outbound"]):
+            return entries
+        if time.monotonic() > deadline:
+            raise TimeoutError(entries)
+        time.sleep(0.1)
+
+
+def test_supplier_starts_new_message_with_attachment_byte_identical(
+        mailveil: Mailveil, sink: Sink) -> None:
+    b = register(mailveil, "GYG-2002")
+    payload = os.urandom(9 * 1024 * 1024)
+    msg = mail(SUPPLIER, b["customer_relay_address"], "Your tickets", "Tickets attached.\n")
+    msg.add_attachment(payload, maintype="application", subtype="pdf", filename="tickets.pdf")
+    send(mailveil, msg, SUPPLIER, [b["customer_relay_address"]])
+    got = sink.wait_for(1, timeout=60)[0]
+    assert got.rcpt_tos == (CUSTOMER,)
+    out = message_from_bytes(got.data, policy=policy.default)
+    attachments = list(out.iter_attachments())  # type: ignore[attr-defined]
+    assert len(attachments) == 1
+    assert attachments[0].get_filename() == "tickets.pdf"
+    assert attachments[0].get_content() == payload
+    assert SUPPLIER.encode() not in got.data.lower()
+
+
+def test_unknown_address_and_non_party_are_refused_at_rcpt(mailveil: Mailveil) -> None:
+    b = register(mailveil, "GYG-3003")
+    with smtplib.SMTP("127.0.0.1", mailveil.smtp_port, timeout=30) as smtp:
+        smtp.ehlo()
+        smtp.mail(CUSTOMER)
+        code, text = smtp.rcpt("local-partner-000000000000@reply.example.com")
+        assert (code, text[:5]) == (550, b"5.1.1")
+        code, text = smtp.rcpt("someone@elsewhere.example")
+        assert (code, text[:5]) == (550, b"5.1.1")
+        smtp.rset()
+        smtp.mail("mallory@attacker.example")
+        code, text = smtp.rcpt(b["supplier_relay_address"])
+        assert (code, text[:5]) == (550, b"5.7.1")
+        smtp.rset()
+        # The customer may not write to their own relay address.
+        smtp.mail(CUSTOMER)
+        code, text = smtp.rcpt(b["customer_relay_address"])
+        assert (code, text[:5]) == (550, b"5.7.1")
+
+
+def test_expired_booking_is_refused_with_a_notice(mailveil: Mailveil, sink: Sink) -> None:
+    b = register(mailveil, "GYG-4004", days_from_now=-10)
+    msg = mail(CUSTOMER, b["supplier_relay_address"], "Lost my hat", "Did you find my hat?\n")
+    send(mailveil, msg, CUSTOMER, [b["supplier_relay_address"]])
+    notice = sink.wait_for(1)[0]
+    assert notice.rcpt_tos == (CUSTOMER,)
+    assert notice.mail_from == ""
+    dsn = message_from_bytes(notice.data, policy=policy.default)
+    assert dsn.get_content_type() == "multipart/report"
+    assert dsn.get_param("report-type") == "delivery-status"
+    assert dsn["In-Reply-To"] == msg["Message-ID"]
+    assert SUPPLIER.encode() not in notice.data.lower()
+    entries = archive(mailveil, "GYG-4004", 1)
+    assert entries[0]["outcome"] == "refused_expired"
+    time.sleep(0.5)
+    assert sink.to(SUPPLIER) == []
+
+
+def test_accepted_message_survives_kill_9(database_url: str, sink: Sink,
+                                          tmp_path: pytest.TempPathFactory) -> None:
+    from tests.conftest import mailveil_env
+
+    data_dir = tmp_path / "var"  # type: ignore[operator]
+    data_dir.mkdir()
+    smtp_port, http_port = free_port(), free_port()
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens: delivery must wait
+    env = mailveil_env(database_url, data_dir, smtp_port, http_port, "t" * 32, dead)
+    mv = Mailveil(env, data_dir, smtp_port, http_port, "t" * 32)
+    mv.start()
+    try:
+        b = register(mv, "GYG-5005")
+        send(mv, mail(CUSTOMER, b["supplier_relay_address"], "Hi", "Hello\n"), CUSTOMER,
+             [b["supplier_relay_address"]])
+        mv.kill()
+        mv.env["MAILVEIL_SMARTHOST"] = f"127.0.0.1:{sink.port}"
+        mv.start()
+        got = sink.wait_for(1, timeout=30)
+        assert got[0].rcpt_tos == (SUPPLIER,)
+    finally:
+        mv.stop()

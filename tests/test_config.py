@@ -1,0 +1,51 @@
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from mailveil.config import ConfigError, HostPort, from_env
+
+
+def test_defaults_run_embedded() -> None:
+    s = from_env({})
+    assert s.smtp_listen == HostPort("127.0.0.1", 2525)
+    assert s.http_listen == HostPort("127.0.0.1", 8025)
+    assert s.smarthost is None
+    assert s.resolved_database_url.startswith("sqlite:///")
+    assert s.resolved_database_url.endswith("var/mailveil.sqlite3")
+    assert s.grace_period == timedelta(days=7)
+
+
+def test_values_are_read() -> None:
+    s = from_env({"MAILVEIL_DATA_DIR": "/srv/mv", "MAILVEIL_RELAY_DOMAIN": "Reply.Tours.Example",
+                  "MAILVEIL_SMARTHOST": "[::1]:25", "MAILVEIL_GRACE_DAYS": "3",
+                  "MAILVEIL_API_TOKEN": "x" * 20, "OTHER": "ignored"})
+    assert s.data_dir == Path("/srv/mv")
+    assert s.relay_domain == "reply.tours.example"
+    assert s.smarthost == HostPort("::1", 25)
+    assert s.grace_period == timedelta(days=3)
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("SMTP_LISTEN", "localhost"),
+    ("SMTP_LISTEN", "127.0.0.1:99999"),
+    ("HTTP_LISTEN", ":80"),
+    ("SMARTHOST", "mx.example.com"),
+    ("DATABASE_URL", "mysql://x"),
+    ("RELAY_DOMAIN", "not a domain"),
+    ("API_TOKEN", "short"),
+    ("GRACE_DAYS", "seven"),
+    ("CUSTOMER_PREFIX", "Bad Prefix"),
+    ("DISPLAY_NAME", "{nom} via {platform}"),
+    ("CONTACT_FORM_URL", "contact us"),
+    ("CLAMD", "clamd"),
+    ("BANNER", "maybe"),
+])
+def test_wrong_values_name_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=f"^MAILVEIL_{name}"):
+        from_env({f"MAILVEIL_{name}": value})
+
+
+def test_prefixes_must_differ() -> None:
+    with pytest.raises(ConfigError, match="PREFIX"):
+        from_env({"MAILVEIL_SUPPLIER_PREFIX": "customer-"})
