@@ -127,8 +127,8 @@ def from_env(env: Mapping[str, str]) -> Settings:
         if not v.isdigit():
             raise ConfigError(f"{PREFIX}GRACE_DAYS: expected a whole number of days, got {v!r}")
         values["grace_period"] = timedelta(days=int(v))
-    if (v := get("RETRY_HOURS")) is not None:
-        values["retry_for"] = timedelta(hours=_positive_int("RETRY_HOURS", v))
+    if (v := get("RETRY_SECONDS")) is not None:
+        values["retry_for"] = timedelta(seconds=_positive_int("RETRY_SECONDS", v))
     if (v := get("RETRY_FIRST_SECONDS")) is not None:
         values["retry_first"] = timedelta(seconds=_positive_int("RETRY_FIRST_SECONDS", v))
     if (v := get("LEASE_SECONDS")) is not None:

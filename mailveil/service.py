@@ -25,7 +25,7 @@ from mailveil.domain.addresses import AddressBook
 from mailveil.mail import dkim
 from mailveil.pipeline.compose import Voice
 from mailveil.pipeline.process import Pipeline, Processor
-from mailveil.scan.clamd import Clamd, ScannerUnavailable, scan_message
+from mailveil.scan.clamd import Clamd, scan_message
 from mailveil.smtp import listener
 from mailveil.smtp.backend import StoreBackend
 from mailveil.store.db import make_engine, migrate, session_factory
@@ -70,10 +70,8 @@ class ClamdScanner:
         self._clamd = Clamd(address)
 
     async def verdict(self, raw: bytes) -> str:
-        try:
-            result = await scan_message(raw, self._clamd)
-        except ScannerUnavailable as exc:
-            raise listener.ScannerUnavailable(str(exc)) from exc
+        """Raises :class:`ScannerUnavailable`, which the listener turns into a 451."""
+        result = await scan_message(raw, self._clamd)
         if result.clean:
             return "clean"
         return "infected: " + ", ".join(f.signature for f in result.findings)
@@ -175,7 +173,8 @@ async def run_web(rt: Runtime) -> None:
     app = create_app(ApiContext(rt.sessions, address_book(s), api_token(s), s.grace_period))
     server = uvicorn.Server(uvicorn.Config(app, host=s.http_listen.host, port=s.http_listen.port,
                                            log_level="warning", lifespan="off"))
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    # uvicorn captures SIGTERM/SIGINT while it serves and raises them again once it has
+    # stopped, which then reaches run()'s handler and stops the other roles.
     task = asyncio.create_task(server.serve())
     log.info("HTTP listening on %s", s.http_listen)
     await rt.stopping.wait()

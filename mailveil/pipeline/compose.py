@@ -16,6 +16,7 @@ from mailveil.mail.banner import banner
 from mailveil.mail.inspect import MessageFacts
 from mailveil.mail.notices import Notice, Reason, UndeliverableCause, build_notice
 from mailveil.mail.rewrite import RewritePlan, rewrite
+from mailveil.store.repository import header_block
 
 
 @dataclass(frozen=True)
@@ -71,15 +72,6 @@ def relay_copy(raw: bytes, facts: MessageFacts, booking: Booking, recipient_role
     return Relayed(rewrite(raw, plan), message_id, pair)
 
 
-def header_block(raw: bytes) -> bytes:
-    """The refused message's own headers, returned to their author inside the notice."""
-    for sep in (b"\r\n\r\n", b"\n\n"):
-        end = raw.find(sep)
-        if end != -1:
-            return raw[: end + len(sep)]
-    return raw[:65536]
-
-
 def notice(*, reason: Reason, cause: UndeliverableCause | None, booking: Booking,
            sender_role: Role, original: bytes, facts: MessageFacts, book: AddressBook,
            voice: Voice, now: datetime) -> tuple[bytes, str]:
@@ -92,7 +84,7 @@ def notice(*, reason: Reason, cause: UndeliverableCause | None, booking: Booking
         relay_domain=book.domain, noreply_address=book.noreply_address,
         platform_name=voice.platform_name, booking_reference=booking.reference,
         original_subject=facts.subject, original_message_id=facts.message_id,
-        original_headers=header_block(original),
+        original_headers=header_block(original),  # their own headers
         final_recipient=book.relay_address(sender_role.other, booking.token(sender_role.other)),
         contact_form_url=voice.contact_form_url, max_attachment_mb=voice.max_attachment_mb,
         message_id=message_id, date=now,

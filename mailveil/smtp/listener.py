@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from mailveil.scan.clamd import ScannerUnavailable
 from mailveil.smtp import replies
 from mailveil.smtp.gate import Lookup, rcpt_reply
 
@@ -31,10 +32,6 @@ class Scanner(Protocol):
     async def verdict(self, raw: bytes) -> str:
         """"clean", "not scanned" or "infected: <names>"; raises when unavailable."""
         ...
-
-
-class ScannerUnavailable(Exception):
-    """The configured virus scanner could not give a verdict."""
 
 
 class RelayHandler:

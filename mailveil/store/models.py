@@ -97,6 +97,19 @@ class InboundRow(Base):
     __table_args__ = (Index("ix_inbound_state_id", "state", "id"),)
 
 
+class QuarantineRow(Base):
+    """Infected messages, kept apart from the archive: the inbound row holds only headers."""
+
+    __tablename__ = "quarantine"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    inbound_id: Mapped[int] = mapped_column(ForeignKey("inbound_messages.id"), index=True)
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    sha256: Mapped[str] = mapped_column(String(64))
+    findings: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+
+
 class ArchiveEntryRow(Base):
     """What was decided about one inbound message for one booking (BCC makes several)."""
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from mailveil.domain.addresses import Role, new_token
 from mailveil.domain.booking import Booking, BookingStatus, Party
@@ -22,6 +22,7 @@ from mailveil.store.models import (
     InboundRow,
     MessageIdRow,
     OutboundRow,
+    QuarantineRow,
     SupplierRow,
 )
 
@@ -55,7 +56,7 @@ def get_supplier(s: Session, supplier_id: str) -> SupplierRow | None:
     return s.get(SupplierRow, supplier_id)
 
 
-def _unused_token(s: Session, column: object) -> str:
+def _unused_token(s: Session, column: InstrumentedAttribute[str]) -> str:
     # 48 random bits make a clash vanishingly rare; the unique index is the real guard.
     while True:
         token = new_token()
@@ -106,13 +107,26 @@ def to_domain(s: Session, row: BookingRow) -> Booking:
 # --- inbound messages ---------------------------------------------------------------------
 
 
+def header_block(raw: bytes) -> bytes:
+    """The header section of a message, blank line included (all of it if none ends it)."""
+    ends = [i + len(sep) for sep in (b"\r\n\r\n", b"\n\n") if (i := raw.find(sep)) != -1]
+    return raw[: min(ends)] if ends else raw
+
+
 def store_inbound(s: Session, *, mail_from: str, rcpt_to: Sequence[str], raw: bytes,
                   scan: str, now: datetime) -> int:
-    packed, digest = pack(raw)
+    """Store an accepted message. An infected one goes to quarantine whole; the archive
+    keeps only its headers, enough to explain the refusal to its sender."""
+    infected = scan.startswith("infected")
+    packed, digest = pack(header_block(raw) if infected else raw)
     row = InboundRow(received_at=now, mail_from=mail_from, rcpt_to=list(rcpt_to), raw=packed,
                      sha256=digest, size=len(raw), state="received", scan=scan)
     s.add(row)
     s.flush()
+    if infected:
+        whole, whole_digest = pack(raw)
+        s.add(QuarantineRow(inbound_id=row.id, raw=whole, sha256=whole_digest, findings=scan,
+                            created_at=now))
     return row.id
 
 
@@ -194,13 +208,6 @@ def record_attempt(s: Session, *, outbound_id: int, code: int | None, response: 
 
 def outbound_by_bounce_token(s: Session, token: str) -> OutboundRow | None:
     return s.scalar(select(OutboundRow).where(OutboundRow.bounce_token == token))
-
-
-def outbox_depth(s: Session) -> int:
-    from sqlalchemy import func
-
-    return s.scalar(select(func.count()).select_from(OutboundRow)
-                    .where(OutboundRow.state == "queued")) or 0
 
 
 # --- threading ----------------------------------------------------------------------------

@@ -2,19 +2,20 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 11:57:02.377712
+Create Date: 2026-11-25 12:05:35.300831
 
 """
-from collections.abc import Sequence
+from typing import Sequence, Union
 
-import sqlalchemy as sa
 from alembic import op
+import sqlalchemy as sa
+
 
 # revision identifiers, used by Alembic.
 revision: str = '0001'
-down_revision: str | Sequence[str] | None = None
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
+down_revision: Union[str, Sequence[str], None] = None
+branch_labels: Union[str, Sequence[str], None] = None
+depends_on: Union[str, Sequence[str], None] = None
 
 
 def upgrade() -> None:
@@ -70,6 +71,19 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('bookings', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_bookings_supplier_id'), ['supplier_id'], unique=False)
+
+    op.create_table('quarantine',
+    sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
+    sa.Column('inbound_id', sa.Integer(), nullable=False),
+    sa.Column('raw', sa.LargeBinary(), nullable=False),
+    sa.Column('sha256', sa.String(length=64), nullable=False),
+    sa.Column('findings', sa.Text(), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['inbound_id'], ['inbound_messages.id'], ),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('quarantine', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_quarantine_inbound_id'), ['inbound_id'], unique=False)
 
     op.create_table('archive_entries',
     sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
@@ -169,6 +183,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_archive_entries_booking_id'))
 
     op.drop_table('archive_entries')
+    with op.batch_alter_table('quarantine', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_quarantine_inbound_id'))
+
+    op.drop_table('quarantine')
     with op.batch_alter_table('bookings', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_bookings_supplier_id'))
 

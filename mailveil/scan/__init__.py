@@ -1,0 +1,1 @@
+"""Virus scanning of incoming mail through clamd: no verdict means no acceptance."""
