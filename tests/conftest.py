@@ -13,6 +13,7 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
+from tests.scan.clamd_fixture import CLAMD, ClamdInfo, running_clamd
 from tests.support.net import free_port, wait_for_port
 from tests.support.sink import Sink
 
@@ -51,6 +52,27 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield f"sqlite:///{tmp_path / 'mailveil.sqlite3'}"
     else:
         yield from _fresh_postgres(request.getfixturevalue("postgres_admin"))
+
+
+def _require_clamd() -> None:
+    if not CLAMD.exists():
+        pytest.skip(f"{CLAMD} is missing (make system-packages installs clamav-daemon)")
+
+
+@pytest.fixture(scope="session")
+def clamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClamdInfo]:
+    """One real clamd shared by the session: it starts in about 20 ms with the tiny database."""
+    _require_clamd()
+    with running_clamd(tmp_path_factory.mktemp("clamd")) as info:
+        yield info
+
+
+@pytest.fixture
+def own_clamd(tmp_path: Path) -> Iterator[ClamdInfo]:
+    """A clamd of the test's own, for tests that stop or kill it."""
+    _require_clamd()
+    with running_clamd(tmp_path) as info:
+        yield info
 
 
 @pytest.fixture
@@ -123,13 +145,21 @@ def mailveil_env(database_url: str, data_dir: Path, smtp_port: int, http_port: i
 
 
 @pytest.fixture
-def mailveil(database_url: str, sink: Sink, tmp_path: Path) -> Iterator[Mailveil]:
+def extra_env() -> dict[str, str]:
+    """Settings a test module adds to its mailveil process (override in the module)."""
+    return {}
+
+
+@pytest.fixture
+def mailveil(database_url: str, sink: Sink, tmp_path: Path,
+             extra_env: dict[str, str]) -> Iterator[Mailveil]:
     data_dir = tmp_path / "var"
     data_dir.mkdir()
     smtp_port, http_port = free_port(), free_port()
     token = "test-token-" + uuid.uuid4().hex
     env = mailveil_env(database_url, data_dir, smtp_port, http_port, token,
                        f"127.0.0.1:{sink.port}")
+    env.update(extra_env)
     mv = Mailveil(env, data_dir, smtp_port, http_port, token)
     mv.start()
     try:

@@ -34,6 +34,12 @@ class Scanner(Protocol):
         ...
 
 
+def envelope_sender(envelope: Envelope) -> str:
+    """The reverse-path, with the null sender (``MAIL FROM:<>``) as the empty string."""
+    sender = envelope.mail_from or ""
+    return "" if sender == "<>" else sender
+
+
 class RelayHandler:
     def __init__(self, backend: Backend, scanner: Scanner,
                  on_accept: Callable[[], None] = lambda: None) -> None:
@@ -50,7 +56,7 @@ class RelayHandler:
         except Exception:
             log.exception("recipient lookup failed")
             return replies.S451_STORE_DOWN
-        refusal = rcpt_reply(envelope.mail_from or "", lookup)
+        refusal = rcpt_reply(envelope_sender(envelope), lookup)
         if refusal is not None:
             return refusal
         envelope.rcpt_tos.append(address)
@@ -66,7 +72,7 @@ class RelayHandler:
             return replies.S451_SCANNER_DOWN
         try:
             inbound_id = await asyncio.to_thread(
-                self._backend.accept, envelope.mail_from or "", list(envelope.rcpt_tos), raw,
+                self._backend.accept, envelope_sender(envelope), list(envelope.rcpt_tos), raw,
                 scan)
         except Exception:
             log.exception("could not store message")

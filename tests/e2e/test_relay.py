@@ -6,67 +6,21 @@ from __future__ import annotations
 import os
 import smtplib
 import time
-from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
-from email.message import EmailMessage
-from email.utils import make_msgid
+from pathlib import Path
 
-import httpx
-import pytest
-
-from tests.conftest import Mailveil
+from tests.conftest import Mailveil, mailveil_env
+from tests.support.client import (
+    CUSTOMER,
+    SUPPLIER,
+    archive,
+    archive_until_delivered,
+    mail,
+    register,
+    send,
+)
 from tests.support.net import free_port
 from tests.support.sink import Sink
-
-CUSTOMER = "ann.lee@customer-mail.example"
-SUPPLIER = "bookings@sunny-tours.example"
-
-
-def register(mv: Mailveil, reference: str = "GYG-1001", *, days_from_now: float = 3,
-             customer: str = CUSTOMER, supplier: str = SUPPLIER,
-             supplier_id: str = "sup-1", locale: str = "en") -> dict[str, str]:
-    start = datetime.now(UTC) + timedelta(days=days_from_now)
-    with httpx.Client(headers=mv.headers, timeout=10) as http:
-        r = http.post(f"{mv.api}/suppliers", json={
-            "id": supplier_id, "name": "Sunny Tours", "email": supplier, "locale": "fr"})
-        assert r.status_code == 201, r.text
-        r = http.post(f"{mv.api}/bookings", json={
-            "reference": reference, "supplier_id": supplier_id,
-            "customer": {"name": "Ann Lee", "email": customer, "locale": locale},
-            "activity_start": start.isoformat(),
-            "activity_end": (start + timedelta(hours=3)).isoformat(),
-        })
-        assert r.status_code == 201, r.text
-        body: dict[str, str] = r.json()
-        return body
-
-
-def send(mv: Mailveil, msg: EmailMessage, mail_from: str, rcpts: list[str]) -> None:
-    with smtplib.SMTP("127.0.0.1", mv.smtp_port, timeout=30) as smtp:
-        smtp.send_message(msg, from_addr=mail_from, to_addrs=rcpts)
-
-
-def mail(frm: str, to: str, subject: str, body: str, **headers: str) -> EmailMessage:
-    msg = EmailMessage()
-    msg["From"] = frm
-    msg["To"] = to
-    msg["Subject"] = subject
-    msg["Message-ID"] = make_msgid(domain=frm.rpartition("@")[2].rstrip(">"))
-    for name, value in headers.items():
-        msg[name.replace("_", "-")] = value
-    msg.set_content(body)
-    return msg
-
-
-def archive(mv: Mailveil, reference: str, count: int, timeout: float = 20) -> list[dict]:  # type: ignore[type-arg]
-    deadline = time.monotonic() + timeout
-    while True:
-        r = httpx.get(f"{mv.api}/bookings/{reference}/messages", headers=mv.headers)
-        assert r.status_code == 200
-        entries = r.json()
-        if len(entries) >= count or time.monotonic() > deadline:
-            return entries  # type: ignore[no-any-return]
-        time.sleep(0.1)
 
 
 def test_customer_writes_supplier_replies_in_thread(mailveil: Mailveil, sink: Sink) -> None:
@@ -109,17 +63,6 @@ def test_customer_writes_supplier_replies_in_thread(mailveil: Mailveil, sink: Si
     assert [e["sender"] for e in entries] == ["customer", "supplier"]
     assert all(e["outbound"][0]["state"] == "delivered" for e in
                archive_until_delivered(mailveil, "GYG-1001"))
-
-
-def archive_until_delivered(mv: Mailveil, reference: str, timeout: float = 20) -> list[dict]:  # type: ignore[type-arg]
-    deadline = time.monotonic() + timeout
-    while True:
-        entries = archive(mv, reference, 1)
-        if all(o["state"] != "queued" for e in entries for o in e["outbound"]):
-            return entries
-        if time.monotonic() > deadline:
-            raise TimeoutError(entries)
-        time.sleep(0.1)
 
 
 def test_supplier_starts_new_message_with_attachment_byte_identical(
@@ -178,10 +121,8 @@ def test_expired_booking_is_refused_with_a_notice(mailveil: Mailveil, sink: Sink
 
 
 def test_accepted_message_survives_kill_9(database_url: str, sink: Sink,
-                                          tmp_path: pytest.TempPathFactory) -> None:
-    from tests.conftest import mailveil_env
-
-    data_dir = tmp_path / "var"  # type: ignore[operator]
+                                          tmp_path: Path) -> None:
+    data_dir = tmp_path / "var"
     data_dir.mkdir()
     smtp_port, http_port = free_port(), free_port()
     dead = f"127.0.0.1:{free_port()}"  # nothing listens: delivery must wait

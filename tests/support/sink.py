@@ -46,7 +46,8 @@ class Sink:
             return self.data_reply
         assert isinstance(envelope.original_content, bytes)
         with self._cond:
-            self.messages.append(Received(envelope.mail_from or "", tuple(envelope.rcpt_tos),
+            sender = "" if envelope.mail_from in (None, "<>") else envelope.mail_from
+            self.messages.append(Received(sender, tuple(envelope.rcpt_tos),
                                           envelope.original_content))
             self._cond.notify_all()
         return "250 2.0.0 OK stored"
