@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonLines())
     logging.basicConfig(level=os.environ.get("MAILVEIL_LOG_LEVEL", "INFO"), handlers=[handler])
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every command
     try:
         settings = from_env(os.environ)
     except ConfigError as exc:

@@ -95,11 +95,8 @@ class Deliverer:
             row.state, row.finished_at, row.lease_until = "delivered", now, None
             return
         _, cause = classify(result.code, None, result.text)
-        if result.status is Status.PERMANENT:
+        if result.status is Status.PERMANENT or now - row.created_at >= self._policy.retry_for:
             self._give_up(s, row, cause, now)
-            return
-        if now - row.created_at >= self._policy.retry_for:
-            self._give_up(s, row, UndeliverableCause.TIMED_OUT, now)
             return
         row.last_error = result.text[:2000]
         row.next_attempt_at = now + retry_delay(row.attempts, self._policy.retry_first,

@@ -87,6 +87,6 @@ def notice(*, reason: Reason, cause: UndeliverableCause | None, booking: Booking
         original_headers=header_block(original),  # their own headers
         final_recipient=book.relay_address(sender_role.other, booking.token(sender_role.other)),
         contact_form_url=voice.contact_form_url, max_attachment_mb=voice.max_attachment_mb,
-        message_id=message_id, date=now,
+        message_id=message_id, date=now, grace_days=voice.grace.days,
     ))
     return raw, message_id

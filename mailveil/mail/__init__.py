@@ -1,0 +1,1 @@
+"""Pure, byte-faithful transformations of mail: MIME splitting, facts, rewriting."""

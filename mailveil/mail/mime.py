@@ -1,0 +1,274 @@
+"""A byte-level MIME tree splitter that never loses a byte.
+
+``email.message_from_bytes`` followed by ``as_bytes`` re-wraps lines, re-quotes parameters
+and normalises line endings, which breaks attachments and signatures of real-world mail.
+Here an entity only records where its pieces start and end, so ``serialize(parse(raw))``
+gives back ``raw`` for any input; the stdlib is used to *read* headers, never to write bodies.
+"""
+
+from __future__ import annotations
+
+import binascii
+import re
+from dataclasses import dataclass, field, replace
+from email import policy
+from email.header import decode_header, make_header
+from email.headerregistry import BaseHeader
+from functools import cached_property
+
+MAX_DEPTH = 50
+"""Nesting deeper than this is kept as one opaque leaf: no mail client shows it anyway."""
+
+MAX_STRUCTURED_HEADER = 20_000
+"""The stdlib header parser is slow on huge values (quadratic in places); past this, fall back."""
+
+_NAME = rb"[!-9;-~]+"
+_REST = rb"[ \t]*:[^\n]*(?:\n|\Z)(?:[ \t][^\n]*(?:\n|\Z))*"
+_JUNK = rb"(?:(?:\xef\xbb\xbf)?(?:[ \t][^\n]*\n)*(?=%s[ \t]*:))?" % _NAME
+"""A byte-order mark or blank-ish lines before the first field, as some mailers write."""
+_HEADER_BLOCK = re.compile(rb"%s(?:%s%s)*(?:\r?\n)?" % (_JUNK, _NAME, _REST))
+_LEADING_JUNK = re.compile(_JUNK)
+_FIELD = re.compile(rb"(%s)%s" % (_NAME, _REST))
+_TOKEN = re.compile(r"[\w.-]+")
+_LINE_BREAK = re.compile(r"\r?\n")
+
+
+@dataclass(frozen=True)
+class Field:
+    """One header field, kept exactly as received (name, folding and line ending)."""
+
+    name: str
+    raw: bytes
+
+    @property
+    def key(self) -> str:
+        return self.name.lower()
+
+    @property
+    def text(self) -> str:
+        """The unfolded value, RFC 2047 words still encoded; 8-bit bytes read as UTF-8."""
+        value = self.raw[self.raw.index(b":") + 1 :]
+        try:
+            decoded = value.decode("utf-8")
+        except UnicodeDecodeError:
+            decoded = value.decode("latin-1")
+        return _LINE_BREAK.sub("", decoded).strip()
+
+    @cached_property
+    def parsed(self) -> BaseHeader | None:
+        """The stdlib's structured view, or None when the value defeats its parser."""
+        text = self.text
+        if len(text) > MAX_STRUCTURED_HEADER:
+            return None
+        try:
+            header: BaseHeader = policy.default.header_factory(self.key, text)
+        except Exception:
+            return None
+        return header
+
+    @property
+    def decoded(self) -> str:
+        """The human-readable value: encoded words decoded, folding removed."""
+        if self.parsed is not None:
+            return str(self.parsed)
+        try:
+            return str(make_header(decode_header(self.text)))
+        except Exception:
+            return self.text
+
+
+@dataclass(frozen=True)
+class Part:
+    """A child of a multipart with the delimiter line that introduced it.
+
+    The delimiter owns the line break before ``--boundary`` (RFC 2046 §5.1.1), so a
+    child's bytes end exactly where its content ends.
+    """
+
+    delimiter: bytes
+    entity: Entity
+
+
+@dataclass(frozen=True)
+class Entity:
+    """A MIME entity as raw slices: a header block, then a leaf body or a multipart layout."""
+
+    header: bytes
+    body: bytes = b""
+    preamble: bytes = b""
+    parts: tuple[Part, ...] = ()
+    closing: bytes = b""
+    epilogue: bytes = b""
+    multipart: bool = False
+    default_type: str = field(default="text/plain", compare=False)
+
+    @cached_property
+    def fields(self) -> tuple[Field, ...]:
+        found: list[Field] = []
+        position = self._fields_start
+        while match := _FIELD.match(self.header, position):
+            found.append(Field(match.group(1).decode("ascii"), match.group(0)))
+            position = match.end()
+        return tuple(found)
+
+    @cached_property
+    def _fields_start(self) -> int:
+        junk = _LEADING_JUNK.match(self.header)
+        return junk.end() if junk else 0
+
+    def get(self, name: str) -> Field | None:
+        key = name.lower()
+        return next((f for f in self.fields if f.key == key), None)
+
+    def _structured(self, name: str) -> BaseHeader | None:
+        found = self.get(name)
+        return None if found is None else found.parsed
+
+    @property
+    def content_type(self) -> str:
+        """``maintype/subtype`` in lower case; RFC 2045 defaults when absent or unreadable."""
+        header = self._structured("content-type")
+        ctype = getattr(header, "content_type", "")
+        return str(ctype) if "/" in str(ctype) else self.default_type
+
+    @property
+    def maintype(self) -> str:
+        return self.content_type.partition("/")[0]
+
+    def param(self, name: str) -> str | None:
+        header = self._structured("content-type")
+        value = getattr(header, "params", {}).get(name.lower())
+        return None if value is None else str(value)
+
+    @property
+    def cte(self) -> str:
+        found = self.get("content-transfer-encoding")
+        token = _TOKEN.match(found.text) if found is not None else None
+        return token.group(0).lower() if token else "7bit"
+
+    @property
+    def disposition(self) -> str | None:
+        header = self._structured("content-disposition")
+        value = getattr(header, "content_disposition", None)
+        return None if value is None else str(value).lower()
+
+    @property
+    def filename(self) -> str | None:
+        header = self._structured("content-disposition")
+        name = getattr(header, "params", {}).get("filename")
+        return str(name) if name is not None else self.param("name")
+
+    @property
+    def is_attachment(self) -> bool:
+        """A leaf carried for its bytes rather than read as the message text."""
+        if self.multipart or self.maintype == "multipart":
+            return False
+        named = self.disposition == "attachment" or self.filename is not None
+        return self.maintype != "text" or named
+
+    @property
+    def newline(self) -> bytes:
+        """The line ending this entity mostly uses, for lines we add to it."""
+        sample = self.header or self.body[:4096] or self.preamble
+        return b"\r\n" if b"\r\n" in sample or not sample.count(b"\n") else b"\n"
+
+    def walk(self) -> list[Entity]:
+        """This entity and all its descendants, depth first in document order."""
+        found = [self]
+        for part in self.parts:
+            found.extend(part.entity.walk())
+        return found
+
+    def with_field(self, name: str, value: str) -> Entity:
+        """A copy with the first ``name`` field replaced (or added) by a freshly folded one."""
+        folding = policy.default.clone(linesep=self.newline.decode("ascii"))
+        new = folding.header_factory(name, value).fold(policy=folding).encode("ascii", "replace")
+        old = self.get(name)
+        junk = self.header[: self._fields_start]
+        head = junk + b"".join(new if f is old else f.raw for f in self.fields)
+        blank = self.header[self._fields_start + sum(len(f.raw) for f in self.fields) :]
+        if old is None:
+            head += (b"" if head.endswith(b"\n") or not head else self.newline) + new
+        return replace(self, header=head + (blank or self.newline))
+
+
+def parse(raw: bytes) -> Entity:
+    """Split ``raw`` into an entity tree; never raises, and loses nothing."""
+    return _entity(raw, 0, len(raw), 0, "text/plain")
+
+
+def serialize(entity: Entity) -> bytes:
+    return entity.header + body_bytes(entity)
+
+
+def body_bytes(entity: Entity) -> bytes:
+    """Everything after the header block, as it will be written."""
+    if not entity.multipart:
+        return entity.body
+    children = b"".join(p.delimiter + serialize(p.entity) for p in entity.parts)
+    return entity.preamble + children + entity.closing + entity.epilogue
+
+
+def payload(entity: Entity) -> bytes:
+    """The leaf body with its transfer encoding undone (unknown encodings: as is)."""
+    if entity.cte == "quoted-printable":
+        return binascii.a2b_qp(entity.body)
+    if entity.cte != "base64":
+        return entity.body
+    for padding in (b"", b"=="):
+        try:
+            return binascii.a2b_base64(entity.body + padding)
+        except (binascii.Error, ValueError):
+            continue
+    return entity.body
+
+
+def _entity(raw: bytes, start: int, end: int, depth: int, default_type: str) -> Entity:
+    match = _HEADER_BLOCK.match(raw, start, end)
+    body_start = match.end() if match else start
+    head = Entity(raw[start:body_start], default_type=default_type)
+    boundary = head.param("boundary") if head.maintype == "multipart" else None
+    cuts = _delimiters(raw, body_start, end, boundary) if boundary and depth < MAX_DEPTH else []
+    if not cuts:
+        return replace(head, body=raw[body_start:end])
+    child_type = "message/rfc822" if head.content_type == "multipart/digest" else "text/plain"
+    parts = []
+    for index, (cut, after, closing) in enumerate(cuts):
+        if closing:
+            break
+        child_end = cuts[index + 1][0] if index + 1 < len(cuts) else end
+        parts.append(Part(raw[cut:after], _entity(raw, after, child_end, depth + 1, child_type)))
+    last_cut, last_after, last_closing = cuts[-1]
+    return replace(
+        head,
+        preamble=raw[body_start : cuts[0][0]],
+        parts=tuple(parts),
+        closing=raw[last_cut:last_after] if last_closing else b"",
+        epilogue=raw[last_after:end] if last_closing else b"",
+        multipart=True,
+    )
+
+
+def _delimiters(raw: bytes, start: int, end: int, boundary: str) -> list[tuple[int, int, bool]]:
+    """(start, end, is_closing) of each delimiter line up to the closing one.
+
+    A delimiter starts at the line break before ``--boundary`` unless that break already
+    ended the previous delimiter (an empty part).
+    """
+    pattern = re.compile(
+        rb"^--" + re.escape(boundary.encode("utf-8", "replace")) + rb"(--)?[ \t]*(?:\r?\n|\Z)",
+        re.MULTILINE,
+    )
+    cuts: list[tuple[int, int, bool]] = []
+    previous_end = start
+    for match in pattern.finditer(raw, start, end):
+        cut = match.start()
+        for newline in (b"\r\n", b"\n"):
+            if raw.endswith(newline, previous_end, cut):
+                cut -= len(newline)
+                break
+        cuts.append((cut, match.end(), match.group(1) is not None))
+        previous_end = match.end()
+        if match.group(1):
+            break
+    return cuts

@@ -1,0 +1,68 @@
+"""Replacing real addresses by relay addresses wherever a reader could still see them.
+
+Mail programs quote the other party in many shapes: plain text, ``mailto:`` links,
+URL-encoded ``%40``, HTML entities (``&#64;``), and RFC 2047 encoded words pasted into
+bodies. Each shape keeps its own "@" spelling so that links and markup stay valid.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from email.charset import Charset
+from email.header import decode_header, make_header
+from functools import lru_cache
+
+_AT_FORMS = r"(?:@|%40|=40|&#0*64;|&#[xX]0*40;|&commat;)"
+_BEFORE = r"(?:(?<![\w.+-])|(?<=%[0-9A-Fa-f]{2}))"
+_AFTER = r"(?![\w-]|\.[\w-])"
+_ENCODED_WORD = r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?="
+_ENCODED_RUN = re.compile(rf"{_ENCODED_WORD}(?:\s+{_ENCODED_WORD})*")
+_UTF8 = Charset("utf-8")
+
+
+def scrub_text(text: str, replacements: Mapping[str, str]) -> str:
+    """``text`` with every real address in ``replacements`` (case-insensitive) swapped."""
+    pairs = _pairs(replacements)
+    if not pairs:
+        return text
+    swap = _swapper(pairs)
+    return swap(_ENCODED_RUN.sub(lambda m: _scrub_encoded(m.group(0), swap), text))
+
+
+def scrub_bytes(data: bytes, replacements: Mapping[str, str]) -> bytes:
+    """Scrub bytes of unknown charset; latin-1 maps each byte to one char, so the rest is kept."""
+    return scrub_text(data.decode("latin-1"), replacements).encode("latin-1", "replace")
+
+
+def _pairs(replacements: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """Keys without "@" cannot be spelled in the shapes above and are ignored."""
+    usable = ((real.strip(), relay.strip()) for real, relay in replacements.items())
+    return tuple(sorted((real, relay) for real, relay in usable if "@" in real and "@" in relay))
+
+
+@lru_cache(maxsize=64)
+def _swapper(pairs: tuple[tuple[str, str], ...]) -> Callable[[str], str]:
+    """One compiled pattern per replacement set; the named group tells which address hit."""
+    alternatives = []
+    for index, (real, _relay) in enumerate(pairs):
+        local, _, domain = real.rpartition("@")
+        alternatives.append(rf"{re.escape(local)}(?P<at{index}>{_AT_FORMS}){re.escape(domain)}")
+    pattern = re.compile(rf"{_BEFORE}(?:{'|'.join(alternatives)}){_AFTER}", re.IGNORECASE)
+
+    def relay_for(match: re.Match[str]) -> str:
+        group = match.lastgroup or "at0"
+        local, _, domain = pairs[int(group[2:])][1].rpartition("@")
+        return f"{local}{match.group(group)}{domain}"
+
+    return lambda text: pattern.sub(relay_for, text)
+
+
+def _scrub_encoded(run: str, swap: Callable[[str], str]) -> str:
+    """Decode a run of encoded words; re-encode it as UTF-8 only when an address was in it."""
+    try:
+        decoded = str(make_header(decode_header(run)))
+    except Exception:
+        return run
+    scrubbed = swap(decoded)
+    return run if scrubbed == decoded else _UTF8.header_encode(scrubbed)

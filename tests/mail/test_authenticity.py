@@ -1,0 +1,357 @@
+"""SPF, DKIM and DMARC against a real DNS server on loopback (tests/dns_server.py).
+
+Client addresses are documentation ranges (RFC 5737, RFC 3849): data for SPF, never
+contacted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mailveil.mail import authenticity
+from mailveil.mail.authenticity import (
+    Authenticity,
+    Verdict,
+    check,
+    check_spf,
+    make_resolver,
+)
+from mailveil.mail.dkim import dns_txt_record, load_or_create_key, sign
+from tests.dns_server import running_dns
+
+GOOD_IP = "192.0.2.10"  # in shop.example's SPF record
+BAD_IP = "203.0.113.9"  # in nobody's
+SELECTOR = "sel"
+SIGNING_DOMAINS = ("shop.example", "mail.shop.example", "mail.strict.example", "esp.example")
+
+
+def _spf_zone() -> dict[tuple[str, str], list[str]]:
+    ten = "a " * 10
+    return {
+        ("pass.example.", "TXT"): ["v=spf1 ip4:192.0.2.0/24 -all"],
+        ("soft.example.", "TXT"): ["v=spf1 ip4:192.0.2.0/24 ~all"],
+        ("open.example.", "TXT"): ["v=spf1 ip4:192.0.2.0/24"],
+        ("include.example.", "TXT"): ["v=spf1 include:pass.example -all"],
+        ("include-none.example.", "TXT"): ["v=spf1 include:absent.example ip4:203.0.113.0/24"],
+        ("redirect.example.", "TXT"): ["v=spf1 redirect=soft.example"],
+        ("a.example.", "TXT"): ["v=spf1 a/24 -all"],
+        ("a.example.", "A"): ["192.0.2.200"],
+        ("mx.example.", "TXT"): ["v=spf1 mx -all"],
+        ("mx.example.", "MX"): ["10 in.mx.example."],
+        ("in.mx.example.", "A"): ["198.51.100.25"],
+        ("manymx.example.", "TXT"): ["v=spf1 mx -all"],
+        ("manymx.example.", "MX"): [f"{i} in.mx.example." for i in range(11)],
+        ("v6.example.", "TXT"): ["v=spf1 ip4:192.0.2.0/24 a//64 -all"],
+        ("v6.example.", "AAAA"): ["2001:db8::1"],
+        ("loop.example.", "TXT"): ["v=spf1 include:loop.example -all"],
+        ("ten.example.", "TXT"): [f"v=spf1 {ten}ip4:192.0.2.0/24 -all"],
+        ("eleven.example.", "TXT"): [f"v=spf1 {ten}a ip4:192.0.2.0/24 -all"],
+        ("ten.example.", "A"): ["198.51.100.1"],
+        ("eleven.example.", "A"): ["198.51.100.1"],
+        ("void2.example.", "TXT"): ["v=spf1 a:x.absent.example a:y.absent.example "
+                                    "ip4:192.0.2.0/24 -all"],
+        ("void3.example.", "TXT"): ["v=spf1 a:x.absent.example a:y.absent.example "
+                                    "a:z.absent.example ip4:192.0.2.0/24 -all"],
+        ("two.example.", "TXT"): ["v=spf1 -all", "v=spf1 +all"],
+        ("badip.example.", "TXT"): ["v=spf1 ip4:300.1.1.1 -all"],
+        ("late-error.example.", "TXT"): ["v=spf1 +all bogus"],
+        ("empty-redirect.example.", "TXT"): ["v=spf1 redirect="],
+        ("ptr.example.", "TXT"): ["v=spf1 ip4:192.0.2.0/24 ptr -all"],
+        ("macro.example.", "TXT"): ["v=spf1 exists:%{i}.spf.macro.example -all"],
+        ("exists.example.", "TXT"): ["v=spf1 exists:ok.exists.example -all"],
+        ("ok.exists.example.", "A"): ["127.0.0.2"],
+        ("nospf.example.", "TXT"): ["google-site-verification=abc"],
+    }
+
+
+def _mail_zone(key: bytes) -> dict[tuple[str, str], list[str]]:
+    zone = {
+        ("shop.example.", "TXT"): ["v=spf1 ip4:192.0.2.0/24 -all"],
+        ("_dmarc.shop.example.", "TXT"): ["v=DMARC1; p=reject; rua=mailto:d@shop.example"],
+        ("strict.example.", "TXT"): ["v=spf1 ip4:192.0.2.0/24 -all"],
+        ("_dmarc.strict.example.", "TXT"): ["v=DMARC1; p=reject; adkim=s"],
+        ("quarantine.example.", "TXT"): ["v=spf1 ip4:192.0.2.0/24 -all"],
+        ("_dmarc.quarantine.example.", "TXT"): ["v=DMARC1; p=quarantine"],
+        ("monitor.example.", "TXT"): ["v=spf1 ip4:192.0.2.0/24 -all"],
+        ("_dmarc.monitor.example.", "TXT"): ["v=DMARC1; p=none"],
+        ("soft.example.", "TXT"): ["v=spf1 ip4:192.0.2.0/24 ~all"],
+        ("nodmarc.example.", "TXT"): ["v=spf1 ip4:192.0.2.0/24 -all"],
+        ("sub.org.example.", "TXT"): ["v=spf1 -all"],
+        ("_dmarc.org.example.", "TXT"): ["v=DMARC1; p=none; sp=reject"],
+    }
+    for domain in SIGNING_DOMAINS:
+        name, value = dns_txt_record(key, SELECTOR, domain)
+        zone[(f"{name}.", "TXT")] = [value]
+    return zone
+
+
+@pytest.fixture(scope="module")
+def key(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    return load_or_create_key(tmp_path_factory.mktemp("dkim") / "dkim.pem")
+
+
+@pytest.fixture(scope="module")
+def nameserver(key: bytes) -> Iterator[str]:
+    with running_dns({**_spf_zone(), **_mail_zone(key)}) as (host, port):
+        yield f"{host}:{port}"
+
+
+@pytest.fixture
+def dead_nameserver() -> Iterator[str]:
+    """A UDP port that reads queries and never answers, as a crashed server's host does."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+def _spf(nameserver: str, domain: str, ip: str = GOOD_IP) -> str:
+    return asyncio.run(check_spf(make_resolver(nameserver), ip, domain))
+
+
+def _message(sender: str = "Ann <ann@shop.example>", body: bytes = b"See you at 8:00.") -> bytes:
+    return (f"From: {sender}\r\n"
+            "To: local-partner-0123456789ab@reply.example.com\r\n"
+            "Subject: Pickup\r\n"
+            "Date: Wed, 25 Nov 2026 12:00:00 +0000\r\n"
+            "Message-ID: <m1@shop.example>\r\n"
+            "\r\n").encode() + body + b"\r\n"
+
+
+def _signed(key: bytes, domain: str, raw: bytes | None = None) -> bytes:
+    return sign(raw or _message(), domain=domain, selector=SELECTOR, private_key=key)
+
+
+def _check(nameserver: str, raw: bytes, *, ip: str = GOOD_IP,
+           mail_from: str = "ann@shop.example", helo: str = "mx.shop.example",
+           timeout: float = 5.0) -> Authenticity:
+    resolver = make_resolver(nameserver, timeout=timeout)
+    return asyncio.run(check(raw, client_ip=ip, helo=helo, mail_from=mail_from,
+                             resolver=resolver))
+
+
+# --- SPF --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("domain", "ip", "expected"), [
+    ("pass.example", GOOD_IP, "pass"),
+    ("pass.example", BAD_IP, "fail"),
+    ("soft.example", BAD_IP, "softfail"),
+    ("open.example", BAD_IP, "neutral"),
+    ("include.example", GOOD_IP, "pass"),
+    ("include.example", BAD_IP, "fail"),
+    ("include-none.example", BAD_IP, "permerror"),
+    ("redirect.example", GOOD_IP, "pass"),
+    ("redirect.example", BAD_IP, "softfail"),
+    ("a.example", "192.0.2.77", "pass"),
+    ("a.example", "192.0.3.77", "fail"),
+    ("mx.example", "198.51.100.25", "pass"),
+    ("mx.example", "198.51.100.26", "fail"),
+    ("manymx.example", "198.51.100.25", "permerror"),
+    ("v6.example", "2001:db8::ffff", "pass"),
+    ("v6.example", "2001:db9::1", "fail"),
+    ("pass.example", "::ffff:192.0.2.10", "pass"),
+    ("exists.example", BAD_IP, "pass"),
+])
+def test_spf_mechanisms(nameserver: str, domain: str, ip: str, expected: str) -> None:
+    assert _spf(nameserver, domain, ip) == expected
+
+
+@pytest.mark.parametrize(("domain", "expected"), [
+    ("ten.example", "pass"),
+    ("eleven.example", "permerror"),
+    ("loop.example", "permerror"),
+    ("void2.example", "pass"),
+    ("void3.example", "permerror"),
+])
+def test_spf_lookup_limits(nameserver: str, domain: str, expected: str) -> None:
+    assert _spf(nameserver, domain) == expected
+
+
+@pytest.mark.parametrize(("domain", "expected"), [
+    ("absent.example", "none"),
+    ("nospf.example", "none"),
+    ("localhost", "none"),  # not a multi-label name
+    ("two.example", "permerror"),
+    ("badip.example", "permerror"),
+    ("late-error.example", "permerror"),  # checked before the +all that would match
+    ("empty-redirect.example", "permerror"),
+    ("Pass.Example.", "pass"),
+])
+def test_spf_records(nameserver: str, domain: str, expected: str) -> None:
+    assert _spf(nameserver, domain) == expected
+
+
+def test_spf_terms_not_implemented_give_neutral(nameserver: str) -> None:
+    assert _spf(nameserver, "ptr.example") == "pass"  # ip4 matched before ptr
+    assert _spf(nameserver, "ptr.example", BAD_IP) == "neutral"
+    assert _spf(nameserver, "macro.example", BAD_IP) == "neutral"
+
+
+def test_spf_temperror_when_dns_is_down(dead_nameserver: str) -> None:
+    resolver = make_resolver(dead_nameserver, timeout=0.3)
+    assert asyncio.run(check_spf(resolver, GOOD_IP, "pass.example")) == "temperror"
+
+
+# --- DKIM -------------------------------------------------------------------------------
+
+def test_dkim_signature_verifies(nameserver: str, key: bytes) -> None:
+    result = _check(nameserver, _signed(key, "shop.example"))
+    assert result.dkim == (("shop.example", "pass"),)
+    assert (result.spf, result.dmarc, result.verdict) == ("pass", "pass", Verdict.ACCEPT)
+
+
+def test_dkim_fails_after_tampering(nameserver: str, key: bytes) -> None:
+    tampered = _signed(key, "shop.example").replace(b"8:00", b"9:00")
+    assert _check(nameserver, tampered).dkim == (("shop.example", "fail"),)
+
+
+def test_every_signature_is_verified(nameserver: str, key: bytes) -> None:
+    raw = _signed(key, "esp.example", _signed(key, "shop.example"))
+    raw = _signed(key, "other.example", b"DKIM-Signature: v=1; nonsense\r\n" + raw)
+    assert _check(nameserver, raw).dkim == (
+        ("other.example", "fail"), ("", "fail"), ("esp.example", "pass"),
+        ("shop.example", "pass"))
+
+
+def test_a_message_dkimpy_cannot_parse_has_no_signature(nameserver: str, key: bytes) -> None:
+    raw = _signed(key, "shop.example").replace(b"\r\n\r\n", b"\r\nno colon here\r\n\r\n", 1)
+    result = _check(nameserver, raw, ip=BAD_IP)
+    assert (result.dkim, result.verdict) == ((), Verdict.REJECT)
+
+
+def test_signatures_beyond_the_limit_are_not_verified(nameserver: str, key: bytes) -> None:
+    raw = _message()
+    for _ in range(authenticity.MAX_DKIM_SIGNATURES + 1):
+        raw = _signed(key, "shop.example", raw)
+    assert _check(nameserver, raw).dkim == (
+        ("shop.example", "pass"),) * authenticity.MAX_DKIM_SIGNATURES
+
+
+# --- DMARC ------------------------------------------------------------------------------
+
+def test_dmarc_reject_with_spf_fail_and_no_dkim(nameserver: str) -> None:
+    result = _check(nameserver, _message(), ip=BAD_IP)
+    assert (result.spf, result.dkim, result.dmarc, result.policy) == (
+        "fail", (), "fail", "reject")
+    assert (result.verdict, result.reason) == (Verdict.REJECT, authenticity.DMARC_FAIL)
+
+
+def test_aligned_dkim_pass_outweighs_spf_fail(nameserver: str, key: bytes) -> None:
+    result = _check(nameserver, _signed(key, "shop.example"), ip=BAD_IP)
+    assert (result.spf, result.dmarc, result.verdict) == ("fail", "pass", Verdict.ACCEPT)
+
+
+def test_unaligned_dkim_pass_does_not_count(nameserver: str, key: bytes) -> None:
+    result = _check(nameserver, _signed(key, "esp.example"), ip=BAD_IP)
+    assert result.dkim == (("esp.example", "pass"),)
+    assert (result.dmarc, result.verdict) == ("fail", Verdict.REJECT)
+
+
+def test_subdomain_signature_aligns_relaxed_but_not_strict(nameserver: str, key: bytes) -> None:
+    relaxed = _check(nameserver, _signed(key, "mail.shop.example"), ip=BAD_IP)
+    assert (relaxed.dmarc, relaxed.verdict) == ("pass", Verdict.ACCEPT)
+    strict = _check(nameserver, _signed(key, "mail.strict.example", _message(
+        "Ann <ann@strict.example>")), ip=BAD_IP, mail_from="ann@strict.example")
+    assert strict.dkim == (("mail.strict.example", "pass"),)
+    assert (strict.dmarc, strict.verdict) == ("fail", Verdict.REJECT)
+
+
+def test_quarantine_is_refused_too(nameserver: str) -> None:
+    result = _check(nameserver, _message("ann@quarantine.example"), ip=BAD_IP,
+                    mail_from="ann@quarantine.example")
+    assert (result.policy, result.verdict) == ("quarantine", Verdict.REJECT)
+
+
+def test_subdomain_takes_the_organizational_sp_policy(nameserver: str) -> None:
+    sub = _check(nameserver, _message("ann@sub.org.example"), mail_from="ann@sub.org.example")
+    assert (sub.spf, sub.dmarc, sub.policy, sub.verdict) == (
+        "fail", "fail", "reject", Verdict.REJECT)
+    assert sub.reason == authenticity.DMARC_FAIL
+
+
+@pytest.mark.parametrize(("domain", "ip", "spf", "dmarc", "verdict", "reason"), [
+    ("nodmarc.example", BAD_IP, "fail", "none", Verdict.REJECT, authenticity.SPF_FAIL),
+    ("nodmarc.example", GOOD_IP, "pass", "pass", Verdict.ACCEPT, authenticity.AUTHENTICATED),
+    ("monitor.example", BAD_IP, "fail", "fail", Verdict.REJECT, authenticity.SPF_FAIL),
+    ("soft.example", BAD_IP, "softfail", "none", Verdict.ACCEPT, authenticity.NOT_REFUSED),
+    ("bare.example", BAD_IP, "none", "none", Verdict.ACCEPT, authenticity.NOT_REFUSED),
+])
+def test_without_a_refusing_policy_spf_hard_fail_decides(
+        nameserver: str, domain: str, ip: str, spf: str, dmarc: str, verdict: Verdict,
+        reason: str) -> None:
+    result = _check(nameserver, _message(f"ann@{domain}"), ip=ip, mail_from=f"ann@{domain}")
+    assert (result.spf, result.dmarc, result.policy) == (spf, dmarc, "none")
+    assert (result.verdict, result.reason) == (verdict, reason)
+
+
+def test_dns_down_is_a_temporary_failure(dead_nameserver: str, key: bytes) -> None:
+    result = _check(dead_nameserver, _signed(key, "shop.example"), timeout=0.3)
+    assert (result.spf, result.dkim, result.dmarc) == (
+        "temperror", (("shop.example", "temperror"),), "temperror")
+    assert (result.verdict, result.reason) == (Verdict.TEMPFAIL, authenticity.DNS_TEMPFAIL)
+
+
+# --- From against the envelope ----------------------------------------------------------
+
+@pytest.mark.parametrize("sender", [
+    "The CEO <ceo@bank.example>",
+    "ann@mail.shop.example",  # a subdomain is another domain here
+    "ann@shop.example, bob@shop.example",
+    "",
+])
+def test_from_must_show_the_envelope_domain(nameserver: str, sender: str) -> None:
+    result = _check(nameserver, _message(sender))
+    assert result.spf == "pass"
+    assert (result.verdict, result.reason) == (Verdict.REJECT, authenticity.FROM_MISMATCH)
+
+
+def test_two_from_headers_are_refused(nameserver: str) -> None:
+    raw = b"From: ceo@bank.example\r\n" + _message()
+    assert _check(nameserver, raw).verdict == Verdict.REJECT
+
+
+def test_from_domain_compares_without_case(nameserver: str) -> None:
+    result = _check(nameserver, _message("Ann <Ann@SHOP.Example>"), mail_from="ann@Shop.EXAMPLE")
+    assert (result.from_domain, result.mail_from_domain) == ("shop.example", "shop.example")
+    assert result.verdict == Verdict.ACCEPT
+
+
+def test_null_sender_is_checked_by_helo_and_dmarc(nameserver: str) -> None:
+    result = _check(nameserver, _message("postmaster@shop.example"), mail_from="",
+                    helo="shop.example")
+    assert (result.spf, result.dmarc, result.verdict) == ("pass", "pass", Verdict.ACCEPT)
+    spoofed = _check(nameserver, _message("postmaster@shop.example"), ip=BAD_IP,
+                     mail_from="", helo="shop.example")
+    assert spoofed.verdict == Verdict.REJECT
+
+
+def test_reasons_carry_a_status_code_and_no_address() -> None:
+    for reason in (authenticity.AUTHENTICATED, authenticity.NOT_REFUSED,
+                   authenticity.FROM_MISMATCH, authenticity.DMARC_FAIL,
+                   authenticity.SPF_FAIL, authenticity.DNS_TEMPFAIL):
+        code = reason.split()[0]
+        assert code[0] in "245" and code.count(".") == 2
+        assert "@" not in reason
+
+
+# --- Resolver ---------------------------------------------------------------------------
+
+def test_make_resolver_targets_one_server() -> None:
+    resolver = make_resolver("127.0.0.1:5353", timeout=2)
+    assert (resolver.nameservers, resolver.port, resolver.lifetime) == (["127.0.0.1"], 5353, 2)
+    assert make_resolver("[::1]:53").nameservers == ["::1"]
+
+
+@pytest.mark.parametrize("value", ["127.0.0.1", "127.0.0.1:", ":53", "127.0.0.1:dns"])
+def test_make_resolver_needs_host_and_port(value: str) -> None:
+    with pytest.raises(ValueError, match="host:port"):
+        make_resolver(value)
+
+
+@pytest.mark.skipif(not Path("/etc/resolv.conf").exists(), reason="no system resolver")
+def test_make_resolver_uses_the_system_resolver() -> None:
+    assert make_resolver(None).lifetime == authenticity.DNS_TIMEOUT
