@@ -11,8 +11,9 @@ import sys
 from typing import Any
 
 from mailveil import service
-from mailveil.config import ConfigError, from_env
-from mailveil.store.db import migrate
+from mailveil.config import ConfigError, Settings, from_env
+from mailveil.store.db import make_engine, migrate, session_factory
+from mailveil.store.retention import Retention, purge, verify
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None)))
 
@@ -32,10 +33,37 @@ class JsonLines(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+def _archive(settings: Settings, action: str) -> int:
+    engine = make_engine(settings.resolved_database_url)
+    sessions = session_factory(engine)
+    try:
+        if action == "verify":
+            with sessions() as s:
+                bad = [f"{m.table}#{m.id}" for m in verify(s)]
+            for item in bad:
+                print(f"digest mismatch: {item}")
+            print(f"archive verify: {len(bad)} mismatch(es)")
+            return 1 if bad else 0
+        with sessions() as s, s.begin():
+            purged = purge(s, Retention(settings.retention_body, settings.retention_metadata),
+                           service.now())
+        print(f"archive purge: {purged.bodies} bodies removed, {purged.records} records deleted")
+        return 0
+    finally:
+        engine.dispose()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mailveil", description=__doc__)
-    parser.add_argument("role", choices=[*service.ROLES, "migrate"],
-                        help="serve = smtp + worker + web in one process")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for role in service.ROLES:
+        commands.add_parser(role, help="smtp + worker + web in one process" if role == "serve"
+                            else f"run the {role} role only")
+    commands.add_parser("migrate", help="apply database migrations")
+    archive = commands.add_parser("archive", help="archive maintenance")
+    archive.add_argument("action", choices=["verify", "purge"],
+                         help="verify: check stored messages against their SHA-256; "
+                              "purge: apply the retention settings now")
     args = parser.parse_args(argv)
     handler = logging.StreamHandler()
     handler.setFormatter(JsonLines())
@@ -46,10 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"mailveil: configuration error: {exc}", file=sys.stderr)
         return 2
-    if args.role == "migrate":
+    if args.command == "migrate":
         migrate(settings.resolved_database_url)
         return 0
-    asyncio.run(service.run(settings, args.role))
+    if args.command == "archive":
+        return _archive(settings, args.action)
+    asyncio.run(service.run(settings, args.command))
     return 0
 
 

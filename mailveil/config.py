@@ -54,6 +54,8 @@ class Settings:
     worker_batch: int = 50
     clamd: str | None = None
     lease: timedelta = timedelta(minutes=5)
+    retention_body: timedelta = timedelta(days=180)
+    retention_metadata: timedelta = timedelta(days=730)
     banner: bool = True
 
     @property
@@ -131,6 +133,10 @@ def from_env(env: Mapping[str, str]) -> Settings:
         values["retry_for"] = timedelta(seconds=_positive_int("RETRY_SECONDS", v))
     if (v := get("RETRY_FIRST_SECONDS")) is not None:
         values["retry_first"] = timedelta(seconds=_positive_int("RETRY_FIRST_SECONDS", v))
+    if (v := get("RETENTION_BODY_DAYS")) is not None:
+        values["retention_body"] = timedelta(days=_positive_int("RETENTION_BODY_DAYS", v))
+    if (v := get("RETENTION_DAYS")) is not None:
+        values["retention_metadata"] = timedelta(days=_positive_int("RETENTION_DAYS", v))
     if (v := get("LEASE_SECONDS")) is not None:
         values["lease"] = timedelta(seconds=_positive_int("LEASE_SECONDS", v))
     if (v := get("MAX_MESSAGE_BYTES")) is not None:
@@ -164,6 +170,8 @@ def from_env(env: Mapping[str, str]) -> Settings:
             raise ConfigError(f"{PREFIX}BANNER: expected on or off, got {v!r}")
         values["banner"] = v.lower() == "on"
     s = Settings(**values)  # type: ignore[arg-type]
+    if s.retention_metadata < s.retention_body:
+        raise ConfigError(f"{PREFIX}RETENTION_DAYS must not be shorter than RETENTION_BODY_DAYS")
     prefixes = {s.customer_prefix, s.supplier_prefix, s.bounce_prefix, s.noreply_local}
     if len(prefixes) != 4:
         raise ConfigError(f"{PREFIX}CUSTOMER_PREFIX/SUPPLIER_PREFIX/BOUNCE_PREFIX must differ")

@@ -93,8 +93,12 @@ class InboundRow(Base):
     processed_at: Mapped[datetime | None]
     error: Mapped[str | None] = mapped_column(Text)
     scan: Mapped[str] = mapped_column(String(64), default="not scanned")
+    purged_at: Mapped[datetime | None]  # raw bytes removed by retention; metadata kept
 
-    __table_args__ = (Index("ix_inbound_state_id", "state", "id"),)
+    __table_args__ = (
+        Index("ix_inbound_state_id", "state", "id"),
+        Index("ix_inbound_received_at", "received_at"),
+    )
 
 
 class QuarantineRow(Base):
@@ -149,8 +153,12 @@ class OutboundRow(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime]
     finished_at: Mapped[datetime | None]
+    purged_at: Mapped[datetime | None]
 
-    __table_args__ = (Index("ix_outbound_state_next", "state", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_outbound_state_next", "state", "next_attempt_at"),
+        Index("ix_outbound_created_at", "created_at"),
+    )
 
 
 class AttemptRow(Base):

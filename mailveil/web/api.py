@@ -23,6 +23,7 @@ from mailveil.store.models import (
     InboundRow,
     OutboundRow,
 )
+from mailveil.web.ops import ops_router
 from mailveil.web.schemas import (
     ArchiveEntryOut,
     AttemptOut,
@@ -110,8 +111,9 @@ def post_booking(body: BookingIn, s: DB, request: Request, response: Response) -
         response.status_code = status.HTTP_200_OK
         return _booking_out(s, ctx, existing)
     if repo.get_supplier(s, body.supplier_id) is None:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                            f"unknown supplier_id {body.supplier_id!r}; POST /api/v1/suppliers first")
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"unknown supplier_id {body.supplier_id!r}; POST /api/v1/suppliers first")
     row = repo.create_booking(
         s, reference=body.reference, supplier_id=body.supplier_id,
         customer=Party(body.customer.name, body.customer.email, body.customer.locale),
@@ -180,9 +182,5 @@ def create_app(ctx: ApiContext) -> FastAPI:
                   version="0.1.0")
     app.state.ctx = ctx
     app.include_router(router)
-
-    @app.get("/healthz", include_in_schema=False)
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
+    app.include_router(ops_router(ctx.sessions))
     return app

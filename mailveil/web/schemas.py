@@ -21,7 +21,8 @@ def _locale(value: str) -> str:
     try:
         return str(Locale.parse(value.replace("-", "_")))
     except (ValueError, UnknownLocaleError) as exc:
-        raise ValueError(f"unknown locale {value!r}; use a code such as en, fr, th or fr-CH") from exc
+        raise ValueError(
+            f"unknown locale {value!r}; use a code such as en, fr, th or fr-CH") from exc
 
 
 def _utc(value: datetime) -> datetime:

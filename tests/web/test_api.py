@@ -94,3 +94,12 @@ def test_token_is_required(client: TestClient) -> None:
 def test_openapi_is_published(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     assert "/api/v1/bookings" in spec["paths"]
+
+
+def test_health_readiness_and_metrics(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json() == {"status": "ready"}
+    body = client.get("/metrics").text
+    assert "mailveil_outbox_depth 0.0" in body
+    assert "mailveil_inbound_pending 0.0" in body
+    assert "mailveil_messages_accepted_total" in body

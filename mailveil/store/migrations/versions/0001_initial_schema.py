@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 12:05:35.300831
+Create Date: 2026-11-25 12:19:55.460663
 
 """
 from typing import Sequence, Union
@@ -34,9 +34,11 @@ def upgrade() -> None:
     sa.Column('processed_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('error', sa.Text(), nullable=True),
     sa.Column('scan', sa.String(length=64), nullable=False),
+    sa.Column('purged_at', sa.DateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('inbound_messages', schema=None) as batch_op:
+        batch_op.create_index('ix_inbound_received_at', ['received_at'], unique=False)
         batch_op.create_index('ix_inbound_state_id', ['state', 'id'], unique=False)
 
     op.create_table('suppliers',
@@ -134,12 +136,14 @@ def upgrade() -> None:
     sa.Column('last_error', sa.Text(), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('finished_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('purged_at', sa.DateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['booking_id'], ['bookings.id'], ),
     sa.ForeignKeyConstraint(['inbound_id'], ['inbound_messages.id'], ),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('bounce_token')
     )
     with op.batch_alter_table('outbound_messages', schema=None) as batch_op:
+        batch_op.create_index('ix_outbound_created_at', ['created_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_outbound_messages_booking_id'), ['booking_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_outbound_messages_inbound_id'), ['inbound_id'], unique=False)
         batch_op.create_index('ix_outbound_state_next', ['state', 'next_attempt_at'], unique=False)
@@ -171,6 +175,7 @@ def downgrade() -> None:
         batch_op.drop_index('ix_outbound_state_next')
         batch_op.drop_index(batch_op.f('ix_outbound_messages_inbound_id'))
         batch_op.drop_index(batch_op.f('ix_outbound_messages_booking_id'))
+        batch_op.drop_index('ix_outbound_created_at')
 
     op.drop_table('outbound_messages')
     with op.batch_alter_table('message_ids', schema=None) as batch_op:
@@ -194,6 +199,7 @@ def downgrade() -> None:
     op.drop_table('suppliers')
     with op.batch_alter_table('inbound_messages', schema=None) as batch_op:
         batch_op.drop_index('ix_inbound_state_id')
+        batch_op.drop_index('ix_inbound_received_at')
 
     op.drop_table('inbound_messages')
     # ### end Alembic commands ###

@@ -1,0 +1,54 @@
+"""Prometheus metrics. Counters live in each process; queue depths are read from the
+database at scrape time, so every role's ``/metrics`` tells the same story about the outbox."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+
+from prometheus_client import Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from mailveil.store.models import InboundRow, OutboundRow
+
+ACCEPTED = Counter("mailveil_messages_accepted", "Messages answered 250 and stored")
+RCPT_REFUSED = Counter("mailveil_rcpt_refused", "Recipients refused during SMTP", ["code"])
+DEFERRED = Counter("mailveil_messages_deferred", "DATA answered 4xx", ["reason"])
+DECIDED = Counter("mailveil_messages_decided", "Per-recipient outcomes after processing",
+                  ["outcome"])
+ATTEMPTS = Counter("mailveil_delivery_attempts", "Delivery attempts", ["outcome"])
+SCAN_SECONDS = Histogram("mailveil_scan_seconds", "Virus scan time per message")
+DNS_SECONDS = Histogram("mailveil_dns_check_seconds", "SPF/DKIM/DMARC check time per message")
+
+
+class QueueCollector(Collector):
+    """Outbox depth and age, and messages waiting for (or failed in) processing."""
+
+    def __init__(self, sessions: Callable[[], Session]) -> None:
+        self._sessions = sessions
+
+    def collect(self) -> Iterator[Metric]:
+        with self._sessions() as s:
+            depth, oldest = s.execute(
+                select(func.count(), func.min(OutboundRow.created_at))
+                .where(OutboundRow.state == "queued")).one()
+            pending = dict(s.execute(
+                select(InboundRow.state, func.count())
+                .where(InboundRow.state.in_(("received", "failed")))
+                .group_by(InboundRow.state)).tuples().all())
+        yield GaugeMetricFamily("mailveil_outbox_depth", "Messages waiting to be delivered",
+                                value=depth)
+        age = 0.0
+        if oldest is not None:
+            oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC)
+            age = (datetime.now(UTC) - oldest).total_seconds()
+        yield GaugeMetricFamily("mailveil_outbox_oldest_age_seconds",
+                                "Age of the oldest message waiting to be delivered", value=age)
+        yield GaugeMetricFamily("mailveil_inbound_pending", "Accepted, not yet processed",
+                                value=pending.get("received", 0))
+        yield GaugeMetricFamily("mailveil_inbound_failed",
+                                "Processing failed; waiting for a human",
+                                value=pending.get("failed", 0))

@@ -1,0 +1,81 @@
+"""Retention purges bodies first and metadata later; verify finds tampered archives."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from mailveil.domain.addresses import Role
+from mailveil.store import repository as repo
+from mailveil.store.db import make_engine, migrate, session_factory
+from mailveil.store.models import ArchiveEntryRow, InboundRow, OutboundRow, QuarantineRow
+from mailveil.store.retention import Mismatch, Retention, purge, verify
+
+DAY = timedelta(days=1)
+NOW = datetime(2027, 1, 1, tzinfo=UTC)
+POLICY = Retention(body=30 * DAY, metadata=365 * DAY)
+
+
+@pytest.fixture
+def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
+    migrate(database_url)
+    engine = make_engine(database_url)
+    yield session_factory(engine)
+    engine.dispose()
+
+
+def message(s: Session, when: datetime, *, state: str = "delivered", scan: str = "clean") -> int:
+    inbound_id = repo.store_inbound(s, mail_from="a@example.org", rcpt_to=["r@x"],
+                                    raw=b"Subject: s\r\n\r\nbody\r\n", scan=scan, now=when)
+    s.execute(update(InboundRow).where(InboundRow.id == inbound_id).values(state="processed"))
+    repo.add_archive_entry(s, inbound_id=inbound_id, booking_id=None, sender_role=Role.CUSTOMER,
+                           subject="s", outcome="relayed", detail="", now=when)
+    outbound_id = repo.queue_outbound(s, repo.NewOutbound(
+        kind="relay", inbound_id=inbound_id, booking_id=None, recipient_role=Role.SUPPLIER,
+        bounce_token=f"{inbound_id:020x}", mail_from="b@x", rcpt_to="s@example.org",
+        message_id="<m@x>", raw=b"To: s\r\n\r\nbody\r\n"), when)
+    s.execute(update(OutboundRow).where(OutboundRow.id == outbound_id).values(state=state))
+    repo.record_attempt(s, outbound_id=outbound_id, code=250, response="ok",
+                        outcome="delivered", now=when)
+    return inbound_id
+
+
+def count(s: Session, table: type) -> int:
+    return s.scalar(select(func.count()).select_from(table)) or 0
+
+
+def test_bodies_go_first_then_metadata(sessions: sessionmaker[Session]) -> None:
+    with sessions() as s, s.begin():
+        recent = message(s, NOW - 10 * DAY)
+        old = message(s, NOW - 40 * DAY)
+        ancient = message(s, NOW - 400 * DAY)
+        waiting = message(s, NOW - 400 * DAY, state="queued")
+        message(s, NOW - 40 * DAY, scan="infected: Test.EICAR")
+    with sessions() as s, s.begin():
+        result = purge(s, POLICY, NOW)
+    with sessions() as s:
+        by_id = {r.id: r for r in s.scalars(select(InboundRow))}
+        assert recent in by_id and by_id[recent].purged_at is None
+        assert by_id[old].purged_at == NOW and by_id[old].raw == b""
+        assert ancient not in by_id
+        assert waiting in by_id  # its copy is still queued
+        assert count(s, QuarantineRow) == 0
+        assert count(s, ArchiveEntryRow) == 4
+        queued = s.scalars(select(OutboundRow).where(OutboundRow.state == "queued")).one()
+        assert queued.purged_at is None
+    assert result.records == 2  # the ancient inbound row and its outbound copy
+    with sessions() as s:
+        assert list(verify(s)) == []
+
+
+def test_verify_reports_tampered_rows(sessions: sessionmaker[Session]) -> None:
+    with sessions() as s, s.begin():
+        inbound_id = message(s, NOW)
+        s.execute(update(InboundRow).where(InboundRow.id == inbound_id)
+                  .values(raw=repo.pack(b"Subject: forged\r\n\r\n")[0]))
+    with sessions() as s:
+        assert list(verify(s)) == [Mismatch("inbound_messages", inbound_id)]
