@@ -88,7 +88,8 @@ def _positive_int(name: str, value: str) -> int:
 
 def _prefix(name: str, value: str) -> str:
     if not _LOCAL_PREFIX_RE.match(value):
-        raise ConfigError(f"{PREFIX}{name}: expected a short lower-case local-part prefix, got {value!r}")
+        raise ConfigError(
+            f"{PREFIX}{name}: expected a short lower-case local-part prefix, got {value!r}")
     return value
 
 
@@ -105,8 +106,8 @@ def from_env(env: Mapping[str, str]) -> Settings:
     if (v := get("DATABASE_URL")) is not None:
         if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", v):
             raise ConfigError(
-                f"{PREFIX}DATABASE_URL: expected sqlite:///path or postgresql+psycopg://..., got {v!r}"
-            )
+                f"{PREFIX}DATABASE_URL: expected sqlite:///path or "
+                f"postgresql+psycopg://..., got {v!r}")
         values["database_url"] = v
     if (v := get("RELAY_DOMAIN")) is not None:
         if not _DOMAIN_RE.match(v.lower()):
@@ -149,7 +150,8 @@ def from_env(env: Mapping[str, str]) -> Settings:
         try:
             v.format(name="x", platform="y")
         except (KeyError, IndexError, ValueError) as exc:
-            raise ConfigError(f"{PREFIX}DISPLAY_NAME: only {{name}} and {{platform}} allowed") from exc
+            raise ConfigError(
+                f"{PREFIX}DISPLAY_NAME: only {{name}} and {{platform}} allowed") from exc
         values["display_name_template"] = v
     if (v := get("CONTACT_FORM_URL")) is not None:
         if not re.match(r"^https?://\S+$", v):

@@ -7,6 +7,7 @@ an operator can scale them apart on one PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import signal
@@ -162,10 +163,8 @@ async def run_worker(rt: Runtime) -> None:
 
 
 async def _sleep_until(event: asyncio.Event, seconds: float) -> None:
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(event.wait(), seconds)
-    except TimeoutError:
-        pass
 
 
 async def run_web(rt: Runtime) -> None:

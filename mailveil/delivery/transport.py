@@ -7,6 +7,7 @@ per message whatever happened.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import mailbox
 from dataclasses import dataclass
 from enum import StrEnum
@@ -107,8 +108,6 @@ class SmarthostTransport:
 
     async def close(self) -> None:
         if self._smtp is not None and self._smtp.is_connected:
-            try:
+            with contextlib.suppress(aiosmtplib.SMTPException):
                 await self._smtp.quit()
-            except aiosmtplib.SMTPException:
-                pass
         await self._drop()

@@ -93,8 +93,8 @@ class Processor:
                 recipients.append(Recipient(address, booking_row.id,
                                             repo.to_domain(s, booking_row), parsed.role))
         ctx = Context(
-            to_cc=tuple(info.to_cc),
-            attachment_bytes=info.attachment_bytes, scan=row.scan, now=now, grace=self._p.voice.grace, book=self._p.book,
+            to_cc=tuple(info.to_cc), attachment_bytes=info.attachment_bytes, scan=row.scan,
+            now=now, grace=self._p.voice.grace, book=self._p.book,
         )
         told: set[Outcome] = set()
         for d in decide(ctx, recipients):

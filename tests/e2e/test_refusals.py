@@ -139,8 +139,8 @@ def test_smarthost_permanent_failure_is_explained(mailveil: Mailveil, sink: Sink
     assert b"sunny-tours" not in notice.data  # nothing about the recipient's provider
     [entry] = [e for e in archive(mailveil, "GYG-550", 2) if e["outcome"] != "relayed"]
     assert entry["outcome"] == "refused_undeliverable"
-    relay = [o for e in archive(mailveil, "GYG-550", 2) for o in e["outbound"]
-             if o["kind"] == "relay"][0]
+    relay = next(o for e in archive(mailveil, "GYG-550", 2) for o in e["outbound"]
+                 if o["kind"] == "relay")
     assert relay["state"] == "failed"
     assert relay["attempts"][0]["code"] == 550
 
@@ -160,8 +160,8 @@ def test_mailbox_full_is_retried_then_explained(mailveil: Mailveil, sink: Sink) 
     [notice] = sink.wait_for(1, timeout=40)
     assert notice.rcpt_tos == (CUSTOMER,)
     parse_dsn(notice)
-    relay = [o for e in archive_until_delivered(mailveil, "GYG-452") for o in e["outbound"]
-             if o["kind"] == "relay"][0]
+    relay = next(o for e in archive_until_delivered(mailveil, "GYG-452")
+                 for o in e["outbound"] if o["kind"] == "relay")
     assert relay["state"] == "failed"
     codes = [a["code"] for a in relay["attempts"]]
     assert len(codes) >= 2 and set(codes) == {452}
