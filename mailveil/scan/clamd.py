@@ -9,6 +9,8 @@ get a verdict raises :class:`ScannerUnavailable`, which the listener answers wit
 from __future__ import annotations
 
 import asyncio
+import base64
+import quopri
 import struct
 from dataclasses import dataclass
 from email import policy
@@ -137,11 +139,35 @@ def _piece(index: int, part: EmailMessage) -> _Piece | None:
     return _Piece(index, filename, decoded if isinstance(decoded, bytes) else _raw_payload(part))
 
 
-def _pieces(raw: bytes) -> list[_Piece]:
+_IDENTITY_ENCODINGS = ("7bit", "8bit", "binary")
+MAX_DEPTH = 5
+
+
+def _encoded_container(index: int, part: EmailMessage, depth: int) -> list[_Piece]:
+    """A ``message/*`` or ``multipart/*`` part that is base64 or quoted-printable encoded.
+
+    RFC 2046 5.2.1 forbids it, so neither the stdlib nor clamd decodes it, which is exactly
+    why malware would hide there: decode it ourselves and scan what is inside.
+    """
+    body = part.as_bytes().replace(b"\r\n", b"\n").partition(b"\n\n")[2]
+    cte = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+    decoded = base64.b64decode(body) if cte == "base64" else quopri.decodestring(body)
+    return [_Piece(index, None, decoded), *_pieces(decoded, depth + 1)]
+
+
+def _pieces(raw: bytes, depth: int = 0) -> list[_Piece]:
     message = BytesParser(policy=policy.default).parsebytes(raw)
-    found = (_piece(i, part) for i, part in enumerate(message.walk())
-             if not part.is_multipart())
-    return [piece for piece in found if piece is not None]
+    found: list[_Piece] = []
+    for i, part in enumerate(message.walk()):
+        cte = str(part.get("Content-Transfer-Encoding", "7bit")).strip().lower()
+        if part.is_multipart() or part.get_content_maintype() == "message":
+            if cte not in _IDENTITY_ENCODINGS and depth < MAX_DEPTH:
+                found.extend(_encoded_container(i, part, depth))
+            continue
+        piece = _piece(i, part)
+        if piece is not None:
+            found.append(piece)
+    return found
 
 
 async def scan_message(raw: bytes, scanner: Scanner) -> ScanResult:
