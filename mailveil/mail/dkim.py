@@ -1,22 +1,26 @@
 """DKIM signing of outgoing mail for the relay domain, so it lands in inboxes, not spam.
 
 RSA-SHA256 with a 2048-bit key: the one algorithm every receiver verifies (Gmail's and
-Yahoo's sender rules are met with it). Ed25519 (RFC 8463) is 20 times faster to sign but
-receivers that do not know it ignore it, so it could only be a second signature beside
-RSA, and it needs pynacl: not worth it while RSA alone is enough.
+Yahoo's sender rules are met with it). Ed25519 (RFC 8463) could only be a second
+signature beside RSA, since receivers that do not know it ignore it.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import functools
+import hashlib
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import dkim
-from dkim import dknewkey
-from dkim.crypto import parse_pem_private_key
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from dkim.canonicalization import CanonicalizationPolicy
 
 # Signed when present. Cc and Reply-To too: a replayed message must not gain either.
 SIGNED_HEADERS = (
@@ -26,58 +30,78 @@ SIGNED_HEADERS = (
 )
 
 
-def sign(raw: bytes, *, domain: str, selector: str, private_key: bytes) -> bytes:
-    """``raw`` with a DKIM-Signature (rsa-sha256, relaxed/relaxed) put on top.
+_CANON = CanonicalizationPolicy.from_c_value(b"relaxed/simple")
+_SIGNATURE_HEADER = b"DKIM-Signature"
 
-    From is signed one extra time ("oversigned") so that nobody can add a second From
-    that a mail program would show instead of ours. dkimpy does RSA in pure Python:
-    about 13 ms of CPU per message (25 ms at 100 KB), holding the GIL, so sign in the
-    delivery worker, not on the SMTP listener's event loop.
+
+def sign(raw: bytes, *, domain: str, selector: str, private_key: bytes) -> bytes:
+    """``raw`` with a DKIM-Signature (rsa-sha256, relaxed/simple) put on top.
+
+    dkimpy canonicalises and hashes; OpenSSL (through ``cryptography``) does the RSA step,
+    which dkimpy does in pure Python at about 12 ms per message against 1 ms here. The
+    body is canonicalised "simple" (as OpenDKIM does by default): the relay writes every
+    line itself with CRLF, and "relaxed" costs a regular-expression pass over every
+    attachment. From is signed one extra time ("oversigned") so that nobody can add a
+    second From that a mail program would show instead of ours.
     """
     linesep = b"\r\n" if raw.split(b"\n", 1)[0].endswith(b"\r") else b"\n"
-    signer = dkim.DKIM(raw, linesep=linesep)  # the header line comes out like the rest
-    present = {name.lower() for name, _ in signer.headers}
-    headers = [name for name in SIGNED_HEADERS if name in present]
-    signature: bytes = signer.sign(
-        selector.encode("ascii"), domain.encode("ascii"), private_key,
-        canonicalize=(b"relaxed", b"relaxed"), include_headers=[*headers, b"from"])
-    return signature + raw
+    head, _, body = raw.partition(linesep * 2)
+    # Only the header block goes through dkimpy's line parser: on a 5 MB attachment,
+    # splitting the body into lines would cost 200 ms for nothing.
+    headers, _ = dkim.rfc822_parse(head + linesep * 2)
+    if linesep == b"\n":
+        body = body.replace(b"\n", b"\r\n")
+    present = {name.lower() for name, _ in headers}
+    include = (*(name for name in SIGNED_HEADERS if name in present), b"from")
+    fields = [
+        (b"v", b"1"), (b"a", b"rsa-sha256"), (b"c", _CANON.to_c_value()),
+        (b"d", domain.encode("ascii")), (b"i", b"@" + domain.encode("ascii")),
+        (b"q", b"dns/txt"), (b"s", selector.encode("ascii")),
+        (b"t", str(int(time.time())).encode("ascii")), (b"h", b" : ".join(include)),
+        (b"bh", base64.b64encode(hashlib.sha256(_CANON.canonicalize_body(body)).digest())),
+        (b"b", b""),
+    ]
+    unsigned = dkim.fold(b"; ".join(b"=".join(f) for f in fields), namelen=len(_SIGNATURE_HEADER))
+    digest = hashlib.sha256()
+    dkim.hash_headers(digest, _CANON, _CANON.canonicalize_headers(headers), include,
+                      (_SIGNATURE_HEADER, b" " + unsigned), dict(fields))
+    key = _private_key(private_key)
+    signature = key.sign(digest.digest(), padding.PKCS1v15(), Prehashed(hashes.SHA256()))
+    fields[-1] = (b"b", base64.b64encode(signature))
+    value: bytes = dkim.fold(b"; ".join(b"=".join(f) for f in fields) + linesep,
+                             namelen=len(_SIGNATURE_HEADER), linesep=linesep)
+    return _SIGNATURE_HEADER + b": " + value + raw
+
+
+@functools.lru_cache(maxsize=4)
+def _private_key(pem: bytes) -> rsa.RSAPrivateKey:
+    key = serialization.load_pem_private_key(pem, password=None)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValueError("the DKIM key must be an RSA key")
+    return key
 
 
 def load_or_create_key(path: Path) -> bytes:
     """The PEM private key at ``path``, made on first use (2048-bit RSA, mode 0600, in a
     folder made 0700 if missing).
 
-    Made with ``openssl`` through dkimpy's own key tool, in a private folder, then
-    hard-linked into place: a crash leaves no half-written key, and when two processes
-    start at once the first key wins and both use it.
+    Written to a private temporary file, then hard-linked into place: a crash leaves no
+    half-written key, and when two processes start at once the first key wins.
     """
     if not path.exists():
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption())
         with tempfile.TemporaryDirectory(dir=path.parent, prefix=".dkim-") as folder:
             fresh = Path(folder) / "key.pem"
-            dknewkey.GenRSAKeys(str(fresh), verbose=False)
+            fresh.write_bytes(pem)
             fresh.chmod(0o600)
             with contextlib.suppress(FileExistsError):
                 os.link(fresh, path)
     key = path.read_bytes()
-    parse_pem_private_key(key)  # fail at start-up, not at the first signature
+    _private_key(key)  # fail at start-up, not at the first signature
     return key
-
-
-def _der(tag: int, content: bytes) -> bytes:
-    size = len(content)
-    if size < 0x80:
-        return bytes([tag, size]) + content
-    length = size.to_bytes((size.bit_length() + 7) // 8, "big")
-    return bytes([tag, 0x80 | len(length)]) + length + content
-
-
-def _der_int(value: int) -> bytes:
-    return _der(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big"))
-
-
-_RSA_ALGORITHM = _der(0x30, _der(0x06, bytes.fromhex("2a864886f70d010101")) + _der(0x05, b""))
 
 
 def dns_txt_record(private_key: bytes, selector: str, domain: str) -> tuple[str, str]:
@@ -86,8 +110,7 @@ def dns_txt_record(private_key: bytes, selector: str, domain: str) -> tuple[str,
     The value is longer than 255 bytes, the limit of one TXT string: most DNS hosting
     panels split it by themselves; in a zone file, write it as several quoted strings.
     """
-    key = parse_pem_private_key(private_key)
-    public = _der(0x30, _der_int(key["modulus"]) + _der_int(key["publicExponent"]))
-    spki = _der(0x30, _RSA_ALGORITHM + _der(0x03, b"\0" + public))
+    spki = _private_key(private_key).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     value = f"v=DKIM1; k=rsa; p={base64.b64encode(spki).decode('ascii')}"
     return f"{selector}._domainkey.{domain}", value
