@@ -14,14 +14,10 @@ from pathlib import Path
 import pytest
 
 from mailveil.mail import authenticity
-from mailveil.mail.authenticity import (
-    Authenticity,
-    Verdict,
-    check,
-    check_spf,
-    make_resolver,
-)
+from mailveil.mail.authenticity import Authenticity, Verdict, check
 from mailveil.mail.dkim import dns_txt_record, load_or_create_key, sign
+from mailveil.mail.lookup import DNS_TIMEOUT, make_resolver
+from mailveil.mail.spf import check_spf
 from tests.dns_server import running_dns
 
 GOOD_IP = "192.0.2.10"  # in shop.example's SPF record
@@ -354,4 +350,4 @@ def test_make_resolver_needs_host_and_port(value: str) -> None:
 
 @pytest.mark.skipif(not Path("/etc/resolv.conf").exists(), reason="no system resolver")
 def test_make_resolver_uses_the_system_resolver() -> None:
-    assert make_resolver(None).lifetime == authenticity.DNS_TIMEOUT
+    assert make_resolver(None).lifetime == DNS_TIMEOUT
