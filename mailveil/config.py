@@ -45,6 +45,8 @@ class Settings:
     platform_name: str = "mailveil"
     display_name_template: str = "{name} via {platform}"
     max_message_bytes: int = 14 * 1024 * 1024
+    smtp_timeout: timedelta = timedelta(minutes=5)
+    smtp_max_connections: int = 1000
     retry_for: timedelta = timedelta(days=3)
     retry_first: timedelta = timedelta(seconds=60)
     retry_max_interval: timedelta = timedelta(hours=1)
@@ -142,6 +144,10 @@ def from_env(env: Mapping[str, str]) -> Settings:
         values["lease"] = timedelta(seconds=_positive_int("LEASE_SECONDS", v))
     if (v := get("MAX_MESSAGE_BYTES")) is not None:
         values["max_message_bytes"] = _positive_int("MAX_MESSAGE_BYTES", v)
+    if (v := get("SMTP_TIMEOUT")) is not None:
+        values["smtp_timeout"] = timedelta(seconds=_positive_int("SMTP_TIMEOUT", v))
+    if (v := get("SMTP_MAX_CONNECTIONS")) is not None:
+        values["smtp_max_connections"] = _positive_int("SMTP_MAX_CONNECTIONS", v)
     if (v := get("PLATFORM_NAME")) is not None:
         values["platform_name"] = v
     if (v := get("DISPLAY_NAME")) is not None:

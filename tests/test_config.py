@@ -46,6 +46,17 @@ def test_wrong_values_name_the_variable(name: str, value: str) -> None:
         from_env({f"MAILVEIL_{name}": value})
 
 
+def test_smtp_listener_limits() -> None:
+    assert from_env({}).smtp_timeout == timedelta(minutes=5)
+    assert from_env({}).smtp_max_connections == 1000
+    s = from_env({"MAILVEIL_SMTP_TIMEOUT": "2", "MAILVEIL_SMTP_MAX_CONNECTIONS": "300"})
+    assert s.smtp_timeout == timedelta(seconds=2)
+    assert s.smtp_max_connections == 300
+    for name in ("SMTP_TIMEOUT", "SMTP_MAX_CONNECTIONS"):
+        with pytest.raises(ConfigError, match=f"^MAILVEIL_{name}"):
+            from_env({f"MAILVEIL_{name}": "0"})
+
+
 def test_prefixes_must_differ() -> None:
     with pytest.raises(ConfigError, match="PREFIX"):
         from_env({"MAILVEIL_SUPPLIER_PREFIX": "customer-"})

@@ -1,7 +1,10 @@
-"""aiosmtpd handler: protocol in aiosmtpd, policy in :mod:`mailveil.smtp.gate`.
+"""aiosmtpd handler: protocol in :mod:`mailveil.smtp.protocol`, policy here and in
+:mod:`mailveil.smtp.gate`.
 
 Store calls block (SQLAlchemy), so they run in worker threads and one slow commit never
 stalls the other sessions. A message is answered ``250`` only once its row is committed.
+A session does at most one store call at a time, and a dictionary attack is cut off after
+``MAX_REFUSED_RCPTS`` lookups, so a flood of recipients costs little and holds no threads.
 """
 
 from __future__ import annotations
@@ -9,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
+from weakref import WeakKeyDictionary
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -20,6 +24,9 @@ from mailveil.smtp.gate import Lookup, rcpt_reply
 log = logging.getLogger(__name__)
 
 MAX_RECIPIENTS = 100
+# Refused recipients a session may try before it is closed: a dictionary attack on relay
+# addresses, not a typo (Postfix's smtpd_hard_error_limit is 20 too).
+MAX_REFUSED_RCPTS = 20
 
 
 class Backend(Protocol):
@@ -46,11 +53,25 @@ class RelayHandler:
         self._backend = backend
         self._scanner = scanner
         self._on_accept = on_accept
+        self._refused: WeakKeyDictionary[Session, int] = WeakKeyDictionary()
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        """Offer PIPELINING (RFC 2920): aiosmtpd answers strictly in order, and the
+        protocol refuses data sent before 354."""
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
+        if address.lower() in (known.lower() for known in envelope.rcpt_tos):
+            return replies.S250_RCPT_OK  # once is enough: a repeat must not add a copy
         if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
             return replies.S452_TOO_MANY_RCPTS
+        refused = self._refused.get(session, 0)
+        if refused >= MAX_REFUSED_RCPTS:
+            log.warning("too many refused recipients", extra={"peer": str(session.peer)})
+            return replies.S421_TOO_MANY_REFUSED
         try:
             lookup = await asyncio.to_thread(self._backend.lookup, address)
         except Exception:
@@ -58,6 +79,7 @@ class RelayHandler:
             return replies.S451_STORE_DOWN
         refusal = rcpt_reply(envelope_sender(envelope), lookup)
         if refusal is not None:
+            self._refused[session] = refused + 1
             return refusal
         envelope.rcpt_tos.append(address)
         return replies.S250_RCPT_OK
@@ -82,15 +104,3 @@ class RelayHandler:
                                     "rcpts": len(envelope.rcpt_tos)})
         return replies.S250_QUEUED.format(id=inbound_id)
 
-
-def smtp_factory(handler: RelayHandler, *, hostname: str, data_size_limit: int,
-                 timeout: float = 300.0) -> SMTP:
-    kwargs: dict[str, Any] = {
-        "hostname": hostname,
-        "ident": "mailveil",
-        "data_size_limit": data_size_limit,
-        "enable_SMTPUTF8": True,
-        "decode_data": False,
-        "timeout": timeout,
-    }
-    return SMTP(handler, **kwargs)

@@ -1,0 +1,87 @@
+"""The handler's recipient policy against a fake store: every limit without a socket."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import cast
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from mailveil.domain.addresses import AddressBook
+from mailveil.smtp import replies
+from mailveil.smtp.gate import Lookup
+from mailveil.smtp.listener import MAX_RECIPIENTS, MAX_REFUSED_RCPTS, RelayHandler
+
+BOOK = AddressBook("reply.example.com")
+SERVER = cast(SMTP, None)  # the handler never looks at the server
+
+
+class Store:
+    """Knows every bounce address (null sender) and nothing else; counts its lookups."""
+
+    def __init__(self) -> None:
+        self.lookups = 0
+
+    def lookup(self, address: str) -> Lookup:
+        self.lookups += 1
+        parsed = BOOK.parse(address)
+        return Lookup(parsed, bounce_known=parsed is not None)
+
+    def accept(self, mail_from: str, rcpt_to: list[str], raw: bytes, scan: str) -> int:
+        raise AssertionError("not used")
+
+
+class NoScanner:
+    async def verdict(self, raw: bytes) -> str:
+        return "not scanned"
+
+
+def bounce(n: int) -> str:
+    return f"bounce-{n:020x}@reply.example.com"
+
+
+def rcpts(addresses: list[str], store: Store | None = None) -> list[str]:
+    """The handler's replies to ``RCPT TO`` each address, in one session."""
+    handler = RelayHandler(store or Store(), NoScanner())
+
+    async def session() -> list[str]:
+        s, envelope = Session(asyncio.get_running_loop()), Envelope()
+        envelope.mail_from = "<>"
+        return [await handler.handle_RCPT(SERVER, s, envelope, a, []) for a in addresses]
+
+    return asyncio.run(session())
+
+
+def test_a_repeated_recipient_is_accepted_once_without_another_lookup() -> None:
+    store = Store()
+    assert rcpts([bounce(1), bounce(1).upper(), bounce(1)], store) == [replies.S250_RCPT_OK] * 3
+    assert store.lookups == 1
+
+
+def test_recipients_beyond_the_cap_are_deferred_without_a_lookup() -> None:
+    store = Store()
+    got = rcpts([bounce(n) for n in range(MAX_RECIPIENTS + 50)], store)
+    assert got == [replies.S250_RCPT_OK] * MAX_RECIPIENTS + [replies.S452_TOO_MANY_RCPTS] * 50
+    assert store.lookups == MAX_RECIPIENTS
+
+
+def test_a_dictionary_attack_is_cut_off() -> None:
+    store = Store()
+    unknown = [f"customer-{n:012x}@elsewhere.example" for n in range(MAX_REFUSED_RCPTS + 5)]
+    got = rcpts(unknown, store)
+    assert got[:MAX_REFUSED_RCPTS] == [replies.S550_UNKNOWN] * MAX_REFUSED_RCPTS
+    assert set(got[MAX_REFUSED_RCPTS:]) == {replies.S421_TOO_MANY_REFUSED}
+    assert store.lookups == MAX_REFUSED_RCPTS
+
+
+def test_ehlo_offers_pipelining() -> None:
+    handler = RelayHandler(Store(), NoScanner())
+
+    async def ehlo() -> tuple[list[str], str | None]:
+        s = Session(asyncio.get_running_loop())
+        got = await handler.handle_EHLO(SERVER, s, Envelope(), "client.example",
+                                        ["250-reply.example.com", "250 HELP"])
+        return got, s.host_name
+
+    assert asyncio.run(ehlo()) == (
+        ["250-reply.example.com", "250-PIPELINING", "250 HELP"], "client.example")
