@@ -27,14 +27,15 @@ from mailveil.mail import dkim
 from mailveil.pipeline.compose import Voice
 from mailveil.pipeline.process import Pipeline, Processor
 from mailveil.scan.clamd import Clamd, scan_message
-from mailveil.smtp import listener
+from mailveil.smtp import listener, protocol
 from mailveil.smtp.backend import StoreBackend
-from mailveil.store.db import make_engine, migrate, session_factory
+from mailveil.store.db import DATABASE_UNAVAILABLE, make_engine, migrate, session_factory
 from mailveil.web.api import ApiContext, create_app
 
 log = logging.getLogger(__name__)
 
 IDLE_POLL_SECONDS = 0.5
+DATABASE_RETRY_SECONDS = 1.0
 
 
 def now() -> datetime:
@@ -118,10 +119,13 @@ async def run_smtp(rt: Runtime) -> None:
     s = rt.settings
     backend = StoreBackend(rt.sessions, address_book(s))
     handler = listener.RelayHandler(backend, scanner(s), on_accept=rt.wake.set)
+    connections = protocol.ConnectionLimit(s.smtp_max_connections)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: listener.smtp_factory(handler, hostname=s.relay_domain,
-                                      data_size_limit=s.max_message_bytes),
+        lambda: protocol.smtp_factory(handler, hostname=s.relay_domain,
+                                      data_size_limit=s.max_message_bytes,
+                                      timeout=s.smtp_timeout.total_seconds(),
+                                      connections=connections),
         host=s.smtp_listen.host, port=s.smtp_listen.port)
     log.info("SMTP listening on %s", s.smtp_listen)
     await rt.stopping.wait()
@@ -153,8 +157,15 @@ async def run_worker(rt: Runtime) -> None:
     try:
         while not rt.stopping.is_set():
             rt.wake.clear()
-            processed = await asyncio.to_thread(processor.run_once, now())
-            sent = await deliverer.run_once(now)
+            try:
+                processed = await asyncio.to_thread(processor.run_once, now())
+                sent = await deliverer.run_once(now)
+            except DATABASE_UNAVAILABLE:
+                # What this round had leased comes back when the lease runs out.
+                log.exception("worker: database unavailable, retrying in %s s",
+                              DATABASE_RETRY_SECONDS)
+                await _sleep_until(rt.stopping, DATABASE_RETRY_SECONDS)
+                continue
             if not processed and not sent:
                 await _sleep_until(rt.wake, IDLE_POLL_SECONDS)
     finally:

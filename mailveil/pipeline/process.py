@@ -22,6 +22,7 @@ from mailveil.mail.notices import Reason, UndeliverableCause
 from mailveil.pipeline import compose
 from mailveil.pipeline.rules import Context, Recipient, decide, may_notify
 from mailveil.store import repository as repo
+from mailveil.store.db import DATABASE_UNAVAILABLE
 from mailveil.store.models import BookingRow, InboundRow, OutboundRow
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,8 @@ class Processor:
                     row = s.get(InboundRow, inbound_id)
                     assert row is not None
                     self._process(s, row, now)
+            except DATABASE_UNAVAILABLE:
+                raise  # not the message's fault: it stays leased and is taken again
             except Exception as exc:
                 log.exception("processing failed", extra={"inbound_id": inbound_id})
                 with self._sessions() as s, s.begin():

@@ -8,9 +8,14 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+# The database is unreachable, restarting or too busy: worth retrying later, unlike an
+# error about the data itself (integrity, types), which would fail the same way again.
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
