@@ -148,9 +148,11 @@ def claim_inbound(s: Session, *, limit: int, now: datetime, lease: timedelta) ->
 def add_archive_entry(s: Session, *, inbound_id: int, booking_id: int | None,
                       sender_role: Role | None, subject: str, outcome: str, detail: str,
                       now: datetime) -> None:
+    # A decoded Subject may hold any character, NUL included, which PostgreSQL refuses.
+    printable = "".join(ch if ch.isprintable() else " " for ch in subject)[:1000]
     s.add(ArchiveEntryRow(inbound_id=inbound_id, booking_id=booking_id,
                           sender_role=sender_role.value if sender_role else None,
-                          subject=subject, outcome=outcome, detail=detail, created_at=now))
+                          subject=printable, outcome=outcome, detail=detail, created_at=now))
 
 
 # --- outbox -------------------------------------------------------------------------------

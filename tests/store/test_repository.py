@@ -69,3 +69,15 @@ def test_infected_message_goes_to_quarantine(sessions: sessionmaker[Session]) ->
         assert repo.unpack(row.raw) == b"Subject: hi\r\nMessage-ID: <1@x>\r\n\r\n"
         [q] = s.query(QuarantineRow).all()
         assert repo.unpack(q.raw) == RAW and q.findings == "infected: Test.EICAR"
+
+
+def test_archive_subject_keeps_only_printable_text(sessions: sessionmaker[Session]) -> None:
+    from mailveil.store.models import ArchiveEntryRow
+
+    with sessions() as s, s.begin():
+        inbound_id = repo.store_inbound(s, mail_from="a@x", rcpt_to=["b@y"], raw=RAW,
+                                        scan="clean", now=NOW)
+        repo.add_archive_entry(s, inbound_id=inbound_id, booking_id=None, sender_role=None,
+                               subject="a\0b\r\nc", outcome="relayed", detail="", now=NOW)
+    with sessions() as s:
+        assert s.query(ArchiveEntryRow).one().subject == "a b  c"
