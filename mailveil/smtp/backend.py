@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from sqlalchemy.orm import Session
 
 from mailveil.domain.addresses import AddressBook, Kind
+from mailveil.smtp.commit import Accepted
 from mailveil.smtp.gate import Lookup
 from mailveil.store import repository as repo
 
@@ -29,9 +30,11 @@ class StoreBackend:
             row = repo.booking_by_token(s, parsed.role, parsed.token)
             return Lookup(parsed, repo.to_domain(s, row) if row else None)
 
-    def accept(self, mail_from: str, rcpt_to: Sequence[str], raw: bytes, scan: str) -> int:
-        """Commit the message; only after this returns may the listener answer 250."""
+    def accept(self, messages: Sequence[Accepted]) -> list[int]:
+        """Commit the messages in one transaction; only after this returns may the
+        listener answer 250 to any of them."""
+        now = datetime.now(UTC)
         with self._sessions() as s, s.begin():
-            return repo.store_inbound(s, mail_from=mail_from, rcpt_to=rcpt_to, raw=raw,
-                                      scan=scan, now=datetime.now(UTC))
+            return [repo.store_inbound(s, mail_from=m.mail_from, rcpt_to=m.rcpt_to, raw=m.raw,
+                                       scan=m.scan, now=now) for m in messages]
 

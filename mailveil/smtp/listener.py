@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 from weakref import WeakKeyDictionary
 
@@ -19,6 +19,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from mailveil.scan.clamd import ScannerUnavailable
 from mailveil.smtp import replies
+from mailveil.smtp.commit import Accepted, GroupCommit
 from mailveil.smtp.gate import Lookup, rcpt_reply
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ MAX_REFUSED_RCPTS = 20
 class Backend(Protocol):
     def lookup(self, address: str) -> Lookup: ...
 
-    def accept(self, mail_from: str, rcpt_to: list[str], raw: bytes, scan: str) -> int: ...
+    def accept(self, messages: Sequence[Accepted]) -> list[int]: ...
 
 
 class Scanner(Protocol):
@@ -53,6 +54,7 @@ class RelayHandler:
         self._backend = backend
         self._scanner = scanner
         self._on_accept = on_accept
+        self._commit = GroupCommit(backend.accept)
         self._refused: WeakKeyDictionary[Session, int] = WeakKeyDictionary()
 
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
@@ -93,9 +95,8 @@ class RelayHandler:
             log.warning("scanner unavailable; message deferred")
             return replies.S451_SCANNER_DOWN
         try:
-            inbound_id = await asyncio.to_thread(
-                self._backend.accept, envelope_sender(envelope), list(envelope.rcpt_tos), raw,
-                scan)
+            inbound_id = await self._commit(Accepted(
+                envelope_sender(envelope), tuple(envelope.rcpt_tos), raw, scan))
         except Exception:
             log.exception("could not store message")
             return replies.S451_STORE_DOWN

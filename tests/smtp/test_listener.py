@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import cast
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from mailveil.domain.addresses import AddressBook
 from mailveil.smtp import replies
+from mailveil.smtp.commit import Accepted
 from mailveil.smtp.gate import Lookup
 from mailveil.smtp.listener import MAX_RECIPIENTS, MAX_REFUSED_RCPTS, RelayHandler
 
@@ -27,7 +29,7 @@ class Store:
         parsed = BOOK.parse(address)
         return Lookup(parsed, bounce_known=parsed is not None)
 
-    def accept(self, mail_from: str, rcpt_to: list[str], raw: bytes, scan: str) -> int:
+    def accept(self, messages: Sequence[Accepted]) -> list[int]:
         raise AssertionError("not used")
 
 
