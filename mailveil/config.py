@@ -55,6 +55,7 @@ class Settings:
     dkim_key_path: Path | None = None
     worker_batch: int = 50
     clamd: str | None = None
+    dns: str | None = None  # host:port of the resolver for SPF/DKIM/DMARC; None: the system's
     lease: timedelta = timedelta(minutes=5)
     retention_body: timedelta = timedelta(days=180)
     retention_metadata: timedelta = timedelta(days=730)
@@ -173,6 +174,9 @@ def from_env(env: Mapping[str, str]) -> Settings:
         if not (v.startswith("/") or re.match(r"^[\w.\[\]:-]+:\d+$", v)):
             raise ConfigError(f"{PREFIX}CLAMD: expected host:port or a unix socket path, got {v!r}")
         values["clamd"] = v
+    if (v := get("DNS")) is not None:
+        _host_port("DNS", v)
+        values["dns"] = v
     if (v := get("BANNER")) is not None:
         if v.lower() not in ("on", "off"):
             raise ConfigError(f"{PREFIX}BANNER: expected on or off, got {v!r}")

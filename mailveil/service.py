@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import signal
@@ -24,6 +25,8 @@ from mailveil.delivery.transport import CaptureTransport, SmarthostTransport, Tr
 from mailveil.delivery.worker import Deliverer, Policy
 from mailveil.domain.addresses import AddressBook
 from mailveil.mail import dkim
+from mailveil.mail.authenticity import check
+from mailveil.mail.lookup import make_resolver
 from mailveil.pipeline.compose import Voice
 from mailveil.pipeline.process import Pipeline, Processor
 from mailveil.scan.clamd import Clamd, scan_message
@@ -118,7 +121,8 @@ def open_runtime(settings: Settings) -> Runtime:
 async def run_smtp(rt: Runtime) -> None:
     s = rt.settings
     backend = StoreBackend(rt.sessions, address_book(s))
-    handler = listener.RelayHandler(backend, scanner(s), on_accept=rt.wake.set)
+    authenticate = functools.partial(check, resolver=make_resolver(s.dns))
+    handler = listener.RelayHandler(backend, scanner(s), authenticate, on_accept=rt.wake.set)
     connections = protocol.ConnectionLimit(s.smtp_max_connections)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(

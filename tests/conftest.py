@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tests.scan.clamd_fixture import CLAMD, ClamdInfo, running_clamd
+from tests.support.dns import test_dns
 from tests.support.net import free_port, wait_for_port
 from tests.support.sink import Sink
 
@@ -138,6 +139,7 @@ def mailveil_env(database_url: str, data_dir: Path, smtp_port: int, http_port: i
         "MAILVEIL_LEASE_SECONDS": "5",
         "MAILVEIL_PLATFORM_NAME": "Tourly",
         "MAILVEIL_CONTACT_FORM_URL": "https://tourly.example.com/contact",
+        "MAILVEIL_DNS": test_dns(),
     })
     if smarthost:
         env["MAILVEIL_SMARTHOST"] = smarthost

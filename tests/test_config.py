@@ -40,6 +40,7 @@ def test_values_are_read() -> None:
     ("CONTACT_FORM_URL", "contact us"),
     ("CLAMD", "clamd"),
     ("BANNER", "maybe"),
+    ("DNS", "resolver.example"),
 ])
 def test_wrong_values_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=f"^MAILVEIL_{name}"):

@@ -82,8 +82,11 @@ class Authenticity:
 
     def _decision(self) -> tuple[Verdict, str]:
         # A party may not show someone else's domain in From. The null sender (a bounce)
-        # has no registered address to compare with: DMARC alone judges its From.
-        if self.mail_from_domain and self.from_domain != self.mail_from_domain:
+        # has no registered address to compare with: DMARC alone judges its From. With no
+        # usable From (none, or several addresses) only SPF can judge, and nobody will see
+        # it: the relay writes its own From.
+        if (self.mail_from_domain and self.from_domain
+                and self.from_domain != self.mail_from_domain):
             return Verdict.REJECT, FROM_MISMATCH
         if self.dmarc == "pass":
             return Verdict.ACCEPT, AUTHENTICATED

@@ -17,6 +17,8 @@ from weakref import WeakKeyDictionary
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from mailveil.mail.authenticity import Authenticity, Verdict
+from mailveil.metrics import DNS_SECONDS
 from mailveil.scan.clamd import ScannerUnavailable
 from mailveil.smtp import replies
 from mailveil.smtp.commit import Accepted, GroupCommit
@@ -42,6 +44,13 @@ class Scanner(Protocol):
         ...
 
 
+class Authenticator(Protocol):
+    async def __call__(self, raw: bytes, *, client_ip: str, helo: str,
+                       mail_from: str) -> Authenticity:
+        """SPF, DKIM and DMARC of a message (see :mod:`mailveil.mail.authenticity`)."""
+        ...
+
+
 def envelope_sender(envelope: Envelope) -> str:
     """The reverse-path, with the null sender (``MAIL FROM:<>``) as the empty string."""
     sender = envelope.mail_from or ""
@@ -49,10 +58,11 @@ def envelope_sender(envelope: Envelope) -> str:
 
 
 class RelayHandler:
-    def __init__(self, backend: Backend, scanner: Scanner,
+    def __init__(self, backend: Backend, scanner: Scanner, authenticate: Authenticator,
                  on_accept: Callable[[], None] = lambda: None) -> None:
         self._backend = backend
         self._scanner = scanner
+        self._authenticate = authenticate
         self._on_accept = on_accept
         self._commit = GroupCommit(backend.accept)
         self._refused: WeakKeyDictionary[Session, int] = WeakKeyDictionary()
@@ -89,14 +99,19 @@ class RelayHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content
         assert isinstance(raw, bytes)
+        sender = envelope_sender(envelope)
+        if sender:  # a bounce proves itself with its VERP token, which only receivers know
+            refusal = await self._spoofed(raw, session, sender)
+            if refusal is not None:
+                return refusal
         try:
             scan = await self._scanner.verdict(raw)
         except ScannerUnavailable:
             log.warning("scanner unavailable; message deferred")
             return replies.S451_SCANNER_DOWN
         try:
-            inbound_id = await self._commit(Accepted(
-                envelope_sender(envelope), tuple(envelope.rcpt_tos), raw, scan))
+            inbound_id = await self._commit(Accepted(sender, tuple(envelope.rcpt_tos), raw,
+                                                     scan))
         except Exception:
             log.exception("could not store message")
             return replies.S451_STORE_DOWN
@@ -105,3 +120,17 @@ class RelayHandler:
                                     "rcpts": len(envelope.rcpt_tos)})
         return replies.S250_QUEUED.format(id=inbound_id)
 
+    async def _spoofed(self, raw: bytes, session: Session, sender: str) -> str | None:
+        """The refusal for mail whose sender's domain says it did not send it, or ``None``.
+
+        The RCPT gate trusted MAIL FROM; SPF, DKIM and DMARC decide whether to."""
+        peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
+        with DNS_SECONDS.time():
+            result = await self._authenticate(raw, client_ip=peer,
+                                              helo=session.host_name or "", mail_from=sender)
+        if result.verdict is Verdict.ACCEPT:
+            return None
+        log.info("authenticity", extra={"verdict": result.verdict.value, "spf": result.spf,
+                                        "dmarc": result.dmarc, "reason": result.reason})
+        code = "550" if result.verdict is Verdict.REJECT else "451"
+        return f"{code} {result.reason}"

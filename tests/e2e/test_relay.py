@@ -19,6 +19,7 @@ from tests.support.client import (
     register,
     send,
 )
+from tests.support.dns import SPOOFED_DOMAIN
 from tests.support.net import free_port
 from tests.support.sink import Sink
 
@@ -140,3 +141,19 @@ def test_accepted_message_survives_kill_9(database_url: str, sink: Sink,
         assert got[0].rcpt_tos == (SUPPLIER,)
     finally:
         mv.stop()
+
+
+def test_spoofed_sender_is_refused_at_data(mailveil: Mailveil, sink: Sink) -> None:
+    """spoofed.example publishes SPF -all and DMARC p=reject: mail claiming to come from
+    it through this host is forged, even from the booking's registered address."""
+    spoofed = f"ann@{SPOOFED_DOMAIN}"
+    b = register(mailveil, "GYG-6006", customer=spoofed)
+    with smtplib.SMTP("127.0.0.1", mailveil.smtp_port, timeout=30) as smtp:
+        smtp.ehlo()
+        smtp.mail(spoofed)
+        assert smtp.rcpt(b["supplier_relay_address"])[0] == 250
+        code, text = smtp.data(mail(spoofed, b["supplier_relay_address"], "Pay here",
+                                    "New bank details.\n").as_bytes(policy=policy.SMTP))
+    assert (code, text[:2]) == (550, b"5.")
+    assert archive(mailveil, "GYG-6006", 0) == []
+    assert sink.messages == []

@@ -9,6 +9,7 @@ from typing import cast
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from mailveil.domain.addresses import AddressBook
+from mailveil.mail.authenticity import Authenticity
 from mailveil.smtp import replies
 from mailveil.smtp.commit import Accepted
 from mailveil.smtp.gate import Lookup
@@ -33,6 +34,10 @@ class Store:
         raise AssertionError("not used")
 
 
+async def not_asked(raw: bytes, *, client_ip: str, helo: str, mail_from: str) -> Authenticity:
+    raise AssertionError("recipient policy needs no authenticity check")
+
+
 class NoScanner:
     async def verdict(self, raw: bytes) -> str:
         return "not scanned"
@@ -44,7 +49,7 @@ def bounce(n: int) -> str:
 
 def rcpts(addresses: list[str], store: Store | None = None) -> list[str]:
     """The handler's replies to ``RCPT TO`` each address, in one session."""
-    handler = RelayHandler(store or Store(), NoScanner())
+    handler = RelayHandler(store or Store(), NoScanner(), not_asked)
 
     async def session() -> list[str]:
         s, envelope = Session(asyncio.get_running_loop()), Envelope()
@@ -77,7 +82,7 @@ def test_a_dictionary_attack_is_cut_off() -> None:
 
 
 def test_ehlo_offers_pipelining() -> None:
-    handler = RelayHandler(Store(), NoScanner())
+    handler = RelayHandler(Store(), NoScanner(), not_asked)
 
     async def ehlo() -> tuple[list[str], str | None]:
         s = Session(asyncio.get_running_loop())
