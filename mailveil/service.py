@@ -14,7 +14,7 @@ import secrets
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import uvicorn
@@ -33,12 +33,14 @@ from mailveil.scan.clamd import Clamd, scan_message
 from mailveil.smtp import listener, protocol
 from mailveil.smtp.backend import StoreBackend
 from mailveil.store.db import DATABASE_UNAVAILABLE, make_engine, migrate, session_factory
+from mailveil.store.retention import Retention, purge
 from mailveil.web.api import ApiContext, create_app
 
 log = logging.getLogger(__name__)
 
 IDLE_POLL_SECONDS = 0.5
 DATABASE_RETRY_SECONDS = 1.0
+PURGE_EVERY = timedelta(hours=1)
 
 
 def now() -> datetime:
@@ -158,10 +160,15 @@ async def run_worker(rt: Runtime) -> None:
                     retry_for=s.retry_for, batch=s.worker_batch, lease=s.lease)
     transports = _transports(s, policy.connections)
     deliverer = Deliverer(rt.sessions, transports, policy, processor.give_up)
+    retention = Retention(s.retention_body, s.retention_metadata)
+    next_purge = now()
     try:
         while not rt.stopping.is_set():
             rt.wake.clear()
             try:
+                if now() >= next_purge:
+                    await asyncio.to_thread(_purge, rt.sessions, retention)
+                    next_purge = now() + PURGE_EVERY
                 processed = await asyncio.to_thread(processor.run_once, now())
                 sent = await deliverer.run_once(now)
             except DATABASE_UNAVAILABLE:
@@ -175,6 +182,14 @@ async def run_worker(rt: Runtime) -> None:
     finally:
         for t in transports:
             await t.close()
+
+
+def _purge(sessions: sessionmaker[Session], retention: Retention) -> None:
+    """Apply the retention settings; several workers may run it at once harmlessly."""
+    with sessions() as s, s.begin():
+        purged = purge(s, retention, now())
+    if purged.bodies or purged.records:
+        log.info("retention", extra={"bodies": purged.bodies, "records": purged.records})
 
 
 async def _sleep_until(event: asyncio.Event, seconds: float) -> None:
