@@ -38,7 +38,7 @@ class QueueCollector(Collector):
             pending = dict(s.execute(
                 select(InboundRow.state, func.count())
                 .where(InboundRow.state.in_(("received", "failed")))
-                .group_by(InboundRow.state)).tuples().all())
+                .group_by(InboundRow.state)).all())
         yield GaugeMetricFamily("mailveil_outbox_depth", "Messages waiting to be delivered",
                                 value=depth)
         age = 0.0
