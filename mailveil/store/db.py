@@ -7,7 +7,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -16,6 +16,8 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 # The database is unreachable, restarting or too busy: worth retrying later, unlike an
 # error about the data itself (integrity, types), which would fail the same way again.
 DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
+
+MIGRATION_LOCK = 0x6D61696C76656C  # any constant shared by all mailveil processes
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -59,4 +61,18 @@ def migrate(url: str) -> None:
     """Bring the schema to the newest revision (idempotent)."""
     if url.startswith("sqlite"):
         make_engine(url).dispose()  # creates the directory of the file
-    command.upgrade(alembic_config(url), "head")
+        command.upgrade(alembic_config(url), "head")
+        return
+    # Every role migrates on start: processes started together on an empty database would
+    # race to create the same tables, so the first takes this lock and the others then
+    # find the schema done.
+    engine = make_engine(url)
+    try:
+        with engine.connect() as lock:
+            lock.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK})
+            try:
+                command.upgrade(alembic_config(url), "head")
+            finally:
+                lock.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK})
+    finally:
+        engine.dispose()
