@@ -26,4 +26,5 @@ test: install system-packages lint
 	$(BIN)/pytest
 
 bench: install system-packages
+	$(BIN)/pip install -q -e '.[test,bench]'
 	$(BIN)/python -m bench.relay

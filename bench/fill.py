@@ -23,8 +23,8 @@ _COLUMNS = ("reference, supplier_id, customer_name, customer_email, customer_loc
 
 _PG = f"""INSERT INTO bookings ({_COLUMNS})
 SELECT 'FILL-' || i, 'fill-sup', 'Filler ' || i, 'filler' || i || '@customer.example', 'en',
-  TIMESTAMPTZ '2030-06-01 07:00:00+00' + (i % 1000) * INTERVAL '1 hour',
-  TIMESTAMPTZ '2030-06-01 10:00:00+00' + (i % 1000) * INTERVAL '1 hour',
+  TIMESTAMPTZ '2030-06-01 07:00:00+00' + mod(i, 1000) * INTERVAL '1 hour',
+  TIMESTAMPTZ '2030-06-01 10:00:00+00' + mod(i, 1000) * INTERVAL '1 hour',
   'confirmed', NULL,
   lpad(to_hex(mod(i * {CUSTOMER[0]}::bigint + {CUSTOMER[1]}, {SPACE})), 12, '0'),
   lpad(to_hex(mod(i * {SUPPLIER[0]}::bigint + {SUPPLIER[1]}, {SPACE})), 12, '0'),

@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -37,9 +39,10 @@ def roles(topology: str) -> list[str]:
 
 class Mailveil(System):
     def __init__(self, sink_port: int, workdir: Path, bookings: int, *, database: str,
-                 topology: str = "serve", fill_bookings: int = 0) -> None:
+                 topology: str = "serve", fill_bookings: int = 0, count_sql: bool = False) -> None:
         super().__init__(sink_port, workdir, bookings)
         self.database, self.topology, self.fill_bookings = database, topology, fill_bookings
+        self.count_sql = count_sql
         self.name = f"mailveil-{'pg' if database == 'postgresql' else 'sqlite'}"
         if topology != "serve":
             self.name += f"[{topology}]"
@@ -80,11 +83,14 @@ class Mailveil(System):
                        check=True, capture_output=True)
         if self.fill_bookings:
             self.fill_seconds = fill.fill(env["MAILVEIL_DATABASE_URL"], self.fill_bookings)
+        module = "bench.sqlcount" if self.count_sql else "mailveil"
         for i, role in enumerate(roles(self.topology)):
             log = open(self.data_dir / f"{role}-{i}.log", "wb")  # noqa: SIM115
-            self.procs.append(subprocess.Popen([sys.executable, "-m", "mailveil", role],
-                                               cwd=self.data_dir, env=env, stdout=log,
-                                               stderr=subprocess.STDOUT))
+            self.procs.append(subprocess.Popen(
+                [sys.executable, "-m", module, role], cwd=self.data_dir, stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**env, "PYTHONPATH": str(REPO),
+                     "BENCH_SQLCOUNT_FILE": str(self.data_dir / f"sql-{i}.json")}))
         wait_for_port(self.port, procs=tuple(self.procs))
         wait_for_port(self.http_port, procs=tuple(self.procs))
         self._envelopes = self._register()
@@ -115,8 +121,31 @@ class Mailveil(System):
     def envelopes(self) -> list[Envelope]:
         return self._envelopes
 
+    def sql_counts(self) -> dict[str, int] | None:
+        """Statements by verb and commits so far, over all processes (``--count-sql``)."""
+        if not self.count_sql:
+            return None
+        files = [self.data_dir / f"sql-{i}.json" for i in range(len(self.procs))]
+        before = [f.stat().st_mtime_ns if f.exists() else 0 for f in files]
+        for p in self.procs:
+            p.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(
+                (f.stat().st_mtime_ns if f.exists() else 0) == b for f, b in zip(files, before,
+                                                                                strict=True)):
+            time.sleep(0.02)
+        total: dict[str, int] = {}
+        for f in files:
+            for k, v in (json.loads(f.read_text()) if f.exists() else {}).items():
+                total[k] = total.get(k, 0) + int(v)
+        return total
+
     def roots(self) -> list[int]:
         return [p.pid for p in self.procs]
+
+    @property
+    def role_names(self) -> list[str]:
+        return roles(self.topology)
 
     def extra(self) -> list[int]:
         if self._admin is None:

@@ -87,6 +87,7 @@ class Phase:
     peak_rss_mb: float = 0.0
     peak_pss_mb: float = 0.0
     peak_processes: int = 0
+    sql_per_msg: dict[str, float] | None = None
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -102,7 +103,7 @@ def _harness_cpu(sink: Sink) -> float:
 async def _sample(group: Group) -> None:
     while True:
         await asyncio.sleep(0.25)
-        await asyncio.to_thread(group.sample)
+        group.sample()  # a few ms of /proc reading; in the loop, so nothing races
 
 
 async def run_phase(system: System, sink: Sink, generator: Generator, gen_name: str,
@@ -110,6 +111,7 @@ async def run_phase(system: System, sink: Sink, generator: Generator, gen_name: 
                     concurrency: int, stall: float) -> Phase:
     out = Phase(system.name, size, template.size, count, concurrency, gen_name)
     group = Group(system.roots, system.extra)
+    sql0 = await asyncio.to_thread(system.sql_counts)
     group.begin()
     harness0, busy0 = _harness_cpu(sink), machine_busy_seconds()
     sampler = asyncio.create_task(_sample(group))
@@ -129,9 +131,10 @@ async def run_phase(system: System, sink: Sink, generator: Generator, gen_name: 
                 seen, last_change = n, time.monotonic()
             await asyncio.sleep(0.02)
         await asyncio.sleep(SETTLE)
-        own, db = group.cpu_used()
     finally:
         sampler.cancel()
+    own, db = group.cpu_used()
+    sql1 = await asyncio.to_thread(system.sql_counts)
     times = arrived()
     out.accepted = len(sent.accepted) if sent.accepted else count - len(sent.failures)
     out.delivered, out.failures = len(times), len(sent.failures)
@@ -156,4 +159,7 @@ async def run_phase(system: System, sink: Sink, generator: Generator, gen_name: 
     out.peak_rss_mb = group.peak_rss / 2**20
     out.peak_pss_mb = group.peak_pss / 2**20
     out.peak_processes = group.peak_procs
+    if sql0 is not None and sql1 is not None:
+        out.sql_per_msg = {k: round((v - sql0.get(k, 0)) / max(out.delivered, 1), 2)
+                           for k, v in sorted(sql1.items()) if v != sql0.get(k, 0)}
     return out

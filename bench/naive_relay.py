@@ -71,7 +71,4 @@ async def serve(listen_port: int, smarthost_port: int) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        asyncio.run(serve(int(sys.argv[1]), int(sys.argv[2])))
-    except KeyboardInterrupt:
-        pass
+    asyncio.run(serve(int(sys.argv[1]), int(sys.argv[2])))  # until SIGTERM

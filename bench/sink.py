@@ -96,7 +96,4 @@ async def serve(port: int) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        asyncio.run(serve(int(sys.argv[1])))
-    except KeyboardInterrupt:
-        pass
+    asyncio.run(serve(int(sys.argv[1])))  # until SIGTERM

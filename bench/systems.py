@@ -82,6 +82,10 @@ class System(ABC):
     def envelopes(self) -> list[Envelope]:
         return fake_envelopes(self.bookings)
 
+    def sql_counts(self) -> dict[str, int] | None:
+        """SQL statements by verb so far, when the system counts them."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name}
 

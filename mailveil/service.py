@@ -39,6 +39,7 @@ from mailveil.web.api import ApiContext, create_app
 log = logging.getLogger(__name__)
 
 IDLE_POLL_SECONDS = 0.5
+SMTP_DRAIN_SECONDS = 10.0  # for the messages being received when asked to stop
 DATABASE_RETRY_SECONDS = 1.0
 PURGE_EVERY = timedelta(hours=1)
 
@@ -136,6 +137,7 @@ async def run_smtp(rt: Runtime) -> None:
     log.info("SMTP listening on %s", s.smtp_listen)
     await rt.stopping.wait()
     server.close()
+    await protocol.drain(connections, SMTP_DRAIN_SECONDS)
     await server.wait_closed()
 
 

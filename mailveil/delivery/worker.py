@@ -81,13 +81,15 @@ class Deliverer:
     def _record(self, results: dict[int, Result], now: datetime) -> None:
         with self._sessions() as s, s.begin():
             for outbound_id, result in results.items():
-                row = s.get(OutboundRow, outbound_id)
+                row = s.get(OutboundRow, outbound_id, with_for_update=True)
                 assert row is not None
                 self._apply(s, row, result, now)
 
     def _apply(self, s: Session, row: OutboundRow, result: Result, now: datetime) -> None:
         repo.record_attempt(s, outbound_id=row.id, code=result.code, response=result.text,
                             outcome=result.status.value, now=now)
+        if row.state != "queued":
+            return  # our lease ran out and another worker finished it: the attempt is history
         row.attempts += 1
         log.info("delivery", extra={"outbound_id": row.id, "status": result.status.value,
                                     "code": result.code, "attempt": row.attempts})

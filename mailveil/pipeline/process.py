@@ -62,8 +62,10 @@ class Processor:
         for inbound_id in claimed:
             try:
                 with self._sessions() as s, s.begin():
-                    row = s.get(InboundRow, inbound_id)
+                    row = s.get(InboundRow, inbound_id, with_for_update=True)
                     assert row is not None
+                    if row.state != "received":
+                        continue  # our lease ran out and another worker did it meanwhile
                     self._process(s, row, now)
             except DATABASE_UNAVAILABLE:
                 raise  # not the message's fault: it stays leased and is taken again

@@ -49,6 +49,20 @@ class ConnectionLimit:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.active = 0
+        self.sessions: set[RelaySMTP] = set()
+
+
+async def drain(connections: ConnectionLimit, grace: float) -> None:
+    """Shut every session down (see :meth:`RelaySMTP.shut_down`), wait up to ``grace``
+    seconds for the messages being received, then cut what is left."""
+    for session in list(connections.sessions):
+        session.shut_down()
+    deadline = asyncio.get_running_loop().time() + grace
+    while connections.sessions and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    for session in list(connections.sessions):
+        if isinstance(session.transport, asyncio.WriteTransport):
+            session.transport.abort()
 
 
 def content_fault(raw: bytes) -> str | None:
@@ -73,6 +87,8 @@ class RelaySMTP(SMTP):
         self._connections = connections
         self._counted = False
         self._in_hook = False
+        self._in_data = False
+        self._shutting_down = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if not self._counted:
@@ -85,6 +101,7 @@ class RelaySMTP(SMTP):
                 transport.close()
                 return
             self._connections.active += 1
+            self._connections.sessions.add(self)
             self._counted = True
         super().connection_made(transport)
 
@@ -92,6 +109,7 @@ class RelaySMTP(SMTP):
         if not self._counted:
             return  # refused in connection_made: aiosmtpd never started this session
         self._connections.active -= 1
+        self._connections.sessions.discard(self)
         self._counted = False
         super().connection_lost(error)
 
@@ -179,7 +197,21 @@ class RelaySMTP(SMTP):
             await self.push(replies.S554_EARLY_DATA)
             self._hang_up()
             return
-        await super().smtp_DATA(arg)
+        self._in_data = True
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self._in_data = False
+        if self._shutting_down:
+            await self.push(replies.S421_SHUTTING_DOWN)
+
+    def shut_down(self) -> None:
+        """``421 4.3.2`` now if the client is between commands; a message being received
+        is stored and answered first."""
+        self._shutting_down = True
+        if not self._in_data and self.transport is not None and not self.transport.is_closing():
+            self._writer.write(f"{replies.S421_SHUTTING_DOWN}\r\n".encode())
+            self._hang_up()
 
 
 def smtp_factory(handler: object, *, hostname: str, data_size_limit: int, timeout: float,

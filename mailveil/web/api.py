@@ -65,7 +65,8 @@ def _authorized(request: Request,
                             headers={"WWW-Authenticate": "Bearer"})
 
 
-DB = Annotated[Session, Depends(_session)]
+# scope="function": commit before the response is sent, so a 201 means stored.
+DB = Annotated[Session, Depends(_session, scope="function")]
 router = APIRouter(prefix="/api/v1", dependencies=[Depends(_authorized)])
 
 

@@ -313,10 +313,6 @@ def test_sigterm_under_load_stops_promptly_and_sends_nothing_twice(
     assert duplicates(got) == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "no drain yet: run_smtp closes the server and returns, idle sessions are served until "
-    "the process ends, then asyncio.run cancels every session and a client in DATA sees the "
-    "connection cut with no reply (Server.wait_closed does not wait for them on Python 3.11)"))
 def test_sigterm_lets_the_message_in_data_finish_and_tells_idle_sessions_421(
         database_url: str, sink: Sink, tmp_path: Path) -> None:
     """The listener closes at once; a message half-way through DATA is still stored and
