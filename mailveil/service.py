@@ -38,7 +38,7 @@ from mailveil.web.api import ApiContext, create_app
 
 log = logging.getLogger(__name__)
 
-IDLE_POLL_SECONDS = 0.5
+IDLE_POLL_SECONDS = 0.1  # a worker in another process than the listener is not woken
 SMTP_DRAIN_SECONDS = 10.0  # for the messages being received when asked to stop
 DATABASE_RETRY_SECONDS = 1.0
 PURGE_EVERY = timedelta(hours=1)
@@ -163,27 +163,44 @@ async def run_worker(rt: Runtime) -> None:
     transports = _transports(s, policy.connections)
     deliverer = Deliverer(rt.sessions, transports, policy, processor.give_up)
     retention = Retention(s.retention_body, s.retention_metadata)
+    delivery_due = asyncio.Event()
+
     next_purge = now()
+
+    async def process() -> int:
+        nonlocal next_purge
+        if now() >= next_purge:
+            await asyncio.to_thread(_purge, rt.sessions, retention)
+            next_purge = now() + PURGE_EVERY
+        done = await asyncio.to_thread(processor.run_once, now())
+        if done:
+            delivery_due.set()
+        return done
+
     try:
-        while not rt.stopping.is_set():
-            rt.wake.clear()
-            try:
-                if now() >= next_purge:
-                    await asyncio.to_thread(_purge, rt.sessions, retention)
-                    next_purge = now() + PURGE_EVERY
-                processed = await asyncio.to_thread(processor.run_once, now())
-                sent = await deliverer.run_once(now)
-            except DATABASE_UNAVAILABLE:
-                # What this round had leased comes back when the lease runs out.
-                log.exception("worker: database unavailable, retrying in %s s",
-                              DATABASE_RETRY_SECONDS)
-                await _sleep_until(rt.stopping, DATABASE_RETRY_SECONDS)
-                continue
-            if not processed and not sent:
-                await _sleep_until(rt.wake, IDLE_POLL_SECONDS)
+        # Processing and delivery overlap: one waits on the database or a socket while the
+        # other computes, and a slow smarthost never holds back the processing of new mail.
+        await asyncio.gather(_loop(rt, process, rt.wake),
+                             _loop(rt, lambda: deliverer.run_once(now), delivery_due))
     finally:
         for t in transports:
             await t.close()
+
+
+async def _loop(rt: Runtime, step: Callable[[], Awaitable[int]], wake: asyncio.Event) -> None:
+    """Run ``step`` until stopped; when it found nothing to do, sleep until woken or polled."""
+    while not rt.stopping.is_set():
+        wake.clear()
+        try:
+            busy = await step()
+        except DATABASE_UNAVAILABLE:
+            # What this round had leased comes back when the lease runs out.
+            log.exception("worker: database unavailable, retrying in %s s",
+                          DATABASE_RETRY_SECONDS)
+            await _sleep_until(rt.stopping, DATABASE_RETRY_SECONDS)
+            continue
+        if not busy:
+            await _sleep_until(wake, IDLE_POLL_SECONDS)
 
 
 def _purge(sessions: sessionmaker[Session], retention: Retention) -> None:

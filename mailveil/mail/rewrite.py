@@ -1,14 +1,33 @@
 """Turning an incoming message into the one the other party receives.
 
 Only the top-level header block is rebuilt, from an allow-list. Below it, the MIME tree
-from :mod:`mailveil.mail.mime` is kept slice for slice: attachments, ``message/*`` parts
-and signed or encrypted subtrees go out byte for byte, and a text part is re-encoded
-only when scrubbing or the banner actually changed it.
+from :mod:`mailveil.mail.mime` is kept slice for slice: attachments and signed or encrypted
+subtrees go out byte for byte, and a text part is re-encoded only when scrubbing or the
+banner actually changed it. Part headers (``filename``, ``name``, Content-Description...)
+are scrubbed like text: they are what a mail program shows for an attachment, and
+changing them leaves the attachment's bytes alone.
+
+A forwarded message (``message/rfc822`` or ``message/global``: "forward as attachment")
+carries the real From, To, Received... of the mail it quotes. Its header fields are all
+kept but scrubbed (no allow-list: the party chose to forward them), and its body is treated
+like a top-level body, without banner, to ``MAX_FORWARD_DEPTH`` levels of forwarding.
 
 Signed and encrypted subtrees (``multipart/signed``, ``multipart/encrypted``) are neither
 scrubbed nor given a banner: any change would break the signature the recipient checks,
 and an encrypted part cannot be read anyway. The cost is that a real address inside a
 signed body reaches the recipient; the sender chose to sign that text.
+
+Known limits, left on purpose:
+
+* An id that merely contains an address (``<1.ann@example.org>`` in a forwarded
+  Message-ID or References, ``cid:part1.ann@example.org``) is kept: nobody can write to it,
+  and changing it would break the link between an HTML part and its images, or threading.
+  (The top-level Message-ID, In-Reply-To and References are replaced anyway.)
+* An address split by markup (``ann<span>@</span>example.org``, ``<b>ann</b>@…``) is not
+  found: a reader sees it, but matching across tags would also rewrite markup.
+* Past ``MAX_FORWARD_DEPTH`` nested forwards, a message is scrubbed as plain bytes: plain
+  spellings and encoded words are still replaced, but base64 or quoted-printable bodies
+  and RFC 2231 parameters there are not decoded.
 """
 
 from __future__ import annotations
@@ -19,12 +38,11 @@ import codecs
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from email import policy
-from email.headerregistry import Address, HeaderRegistry
+from email.headerregistry import Address
 from email.utils import formatdate, quote
 
-from mailveil.mail.mime import Entity, Part, body_bytes, parse, payload
-from mailveil.mail.scrub import scrub_bytes, scrub_text
+from mailveil.mail.mime import Entity, Field, Part, body_bytes, fold, parse, payload, serialize
+from mailveil.mail.scrub import may_name_address, scrub_bytes, scrub_filename, scrub_text
 
 KEPT_HEADERS = frozenset(
     {
@@ -49,12 +67,19 @@ KEPT_HEADERS = frozenset(
 """Top-level headers that reveal nothing about the sender's mailbox; all others are dropped."""
 
 SEALED = frozenset({"multipart/signed", "multipart/encrypted"})
+FORWARDED = frozenset({"message/rfc822", "message/global"})
+
+MAX_FORWARD_DEPTH = 5
+"""A forward of a forward is already rare, and each level holds one more copy of its bytes
+while it is rewritten."""
 
 _SEVEN_BIT = frozenset({"7bit", "7-bit", "us-ascii"})
 """Declared 7-bit: 8-bit text we add must go quoted-printable (8-bit already there stays)."""
 
-_SMTP = policy.SMTP
-_UNSTRUCTURED = HeaderRegistry(use_default_map=False)
+_PARAMETERIZED = frozenset({"content-type", "content-disposition"})
+_FILE_NAMES = frozenset({"name", "filename"})
+_RFC2231_VALUE = re.compile(r"\*\s*=")
+"""``filename*=utf-8''…`` or a continuation: may spell "%40" only once put together."""
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 _BODY_TAG = re.compile(r"<body\b[^>]*>", re.IGNORECASE)
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
@@ -81,7 +106,7 @@ def rewrite(raw: bytes, plan: RewritePlan) -> bytes:
     """The outgoing message for ``raw``; never raises on any ``raw``."""
     root = parse(raw)
     banners = _banner_targets(root, plan)
-    root = _transform(root, plan.replacements, banners)
+    root = _transform(root, plan.replacements, banners, 0)
     return _header_block(root, plan) + b"\r\n" + body_bytes(root)
 
 
@@ -95,9 +120,9 @@ def _header_block(root: Entity, plan: RewritePlan) -> bytes:
     for found in root.fields:
         if found.key not in KEPT_HEADERS or found.key in kept:
             continue
-        scrubbed = scrub_text(found.decoded, plan.replacements)
-        if scrubbed != found.decoded:
-            kept[found.key] = _fold(found.name, _clean(scrubbed))
+        value = _scrubbed_value(found, plan.replacements, boundary=_has_boundary(root))
+        if value is not None:
+            kept[found.key] = fold(found.name, value)
         else:
             kept[found.key] = _LINE_END.sub(b"\r\n", found.raw.rstrip(b"\r\n")) + b"\r\n"
     new = [
@@ -109,17 +134,45 @@ def _header_block(root: Entity, plan: RewritePlan) -> bytes:
         ("References", _ids(plan.references)),
         ("MIME-Version", "" if "mime-version" in kept else "1.0"),
     ]
-    generated = b"".join(_fold(name, value) for name, value in new if value)
+    generated = b"".join(fold(name, value) for name, value in new if value)
     return generated + b"".join(kept.values())
 
 
-def _fold(name: str, value: str) -> bytes:
-    """RFC 5322 folding with RFC 2047 words; unstructured when the value defeats the parser."""
-    try:
-        folded: str = _SMTP.header_factory(name, value).fold(policy=_SMTP)
-    except Exception:
-        folded = _UNSTRUCTURED(name, _clean(value)).fold(policy=_SMTP)
-    return folded.encode("ascii", "replace")
+def _scrubbed_value(found: Field, replacements: Mapping[str, str], *, boundary: bool) -> str | None:
+    """The field's value with real addresses replaced, or None when it names none.
+
+    Both the raw text and the decoded value are searched: the decoded value of an address
+    field drops comments, which still show in the source. File names are matched more
+    loosely (:func:`scrub_filename`). A multipart's Content-Type (``boundary``) is never
+    changed: its boundary must keep matching the delimiter lines.
+    """
+    text = found.text
+    if (boundary and found.key == "content-type") or not (
+        may_name_address(text) or _RFC2231_VALUE.search(text)
+    ):
+        return None
+    if found.key in _PARAMETERIZED and (params := _params(found)):
+        main = getattr(found.parsed, found.key.replace("-", "_"), None)  # the type, the disposition
+        scrubbed = {
+            k: (scrub_filename if k in _FILE_NAMES else scrub_text)(v, replacements)
+            for k, v in params.items()
+        }
+        if main and scrubbed != params:
+            return _clean(_with_params(str(main), scrubbed))
+    decoded = found.decoded
+    new = scrub_text(decoded, replacements)
+    if new == decoded and scrub_text(text, replacements) == text:
+        return None
+    return _clean(new)
+
+
+def _scrub_fields(entity: Entity, replacements: Mapping[str, str]) -> Entity:
+    boundary = _has_boundary(entity)
+    return entity.refolded(lambda found: _scrubbed_value(found, replacements, boundary=boundary))
+
+
+def _has_boundary(entity: Entity) -> bool:
+    return entity.multipart or entity.maintype == "multipart"
 
 
 def _clean(value: str) -> str:
@@ -153,21 +206,50 @@ def _readable(entity: Entity) -> Iterator[Entity]:
         yield entity
 
 
-def _transform(entity: Entity, replacements: Mapping[str, str], banners: dict[int, str]) -> Entity:
-    if entity.content_type in SEALED or entity.is_attachment:
+def _transform(
+    entity: Entity, replacements: Mapping[str, str], banners: dict[int, str], depth: int
+) -> Entity:
+    """``entity`` as it goes out, but for its own header, which is its parent's business.
+
+    ``depth`` counts the forwarded messages around ``entity``.
+    """
+    if entity.content_type in SEALED:
+        return entity
+    if entity.content_type in FORWARDED:
+        return _forwarded(entity, replacements, depth)
+    if entity.is_attachment:
         return entity
     if entity.multipart:
         return replace(
             entity,
             preamble=scrub_bytes(entity.preamble, replacements),
             parts=tuple(
-                Part(p.delimiter, _transform(p.entity, replacements, banners)) for p in entity.parts
+                Part(
+                    p.delimiter,
+                    _scrub_fields(_transform(p.entity, replacements, banners, depth), replacements),
+                )
+                for p in entity.parts
             ),
             epilogue=scrub_bytes(entity.epilogue, replacements),
         )
     if entity.maintype != "text":
         return replace(entity, body=scrub_bytes(entity.body, replacements))
     return _rewrite_text(entity, replacements, banners.get(id(entity)))
+
+
+def _forwarded(entity: Entity, replacements: Mapping[str, str], depth: int) -> Entity:
+    """A forwarded message: its header fields scrubbed, its body like a top-level one.
+
+    The transfer encoding (base64 happens, though RFC 2046 forbids it) is undone and redone.
+    An unchanged message goes out byte for byte.
+    """
+    data = payload(entity)
+    if depth >= MAX_FORWARD_DEPTH:
+        inner = scrub_bytes(data, replacements)
+    else:
+        message = _transform(parse(data), replacements, {}, depth + 1)
+        inner = serialize(_scrub_fields(message, replacements))
+    return entity if inner == data else replace(entity, body=_transfer_encode(inner, entity))
 
 
 def _rewrite_text(entity: Entity, replacements: Mapping[str, str], banner: str | None) -> Entity:
@@ -221,9 +303,17 @@ def _with_banner(text: str, banner: str, *, html: bool) -> str:
 
 def _with_charset(entity: Entity, charset: str) -> str:
     current = entity.get("Content-Type")
-    params = dict(getattr(current.parsed, "params", {})) if current else {}
+    params = _params(current) if current else {}
     params["charset"] = charset
-    return entity.content_type + "".join(f'; {k}="{quote(str(v))}"' for k, v in params.items())
+    return _with_params(entity.content_type, params)
+
+
+def _params(found: Field) -> dict[str, str]:
+    return {k: str(v) for k, v in getattr(found.parsed, "params", {}).items()}
+
+
+def _with_params(main: str, params: Mapping[str, str]) -> str:
+    return main + "".join(f'; {k}="{quote(v)}"' for k, v in params.items())
 
 
 def _transfer_encode(data: bytes, entity: Entity) -> bytes:

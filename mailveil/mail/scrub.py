@@ -16,23 +16,49 @@ from functools import lru_cache
 _AT_FORMS = r"(?:@|%40|=40|&#0*64;|&#[xX]0*40;|&commat;)"
 _BEFORE = r"(?:(?<![\w.+-])|(?<=%[0-9A-Fa-f]{2}))"
 _AFTER = r"(?![\w-]|\.[\w-])"
+_BEFORE_IN_FILE_NAME = r"(?:(?<![^\W_])|(?<=%[0-9A-Fa-f]{2}))"
+_AFTER_IN_FILE_NAME = r"(?![^\W_])"
 _ENCODED_WORD = r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?="
 _ENCODED_RUN = re.compile(rf"{_ENCODED_WORD}(?:\s+{_ENCODED_WORD})*")
+_MAY_SPELL_AN_ADDRESS = re.compile(rf"{_AT_FORMS}|=\?", re.IGNORECASE)
 _UTF8 = Charset("utf-8")
 
 
 def scrub_text(text: str, replacements: Mapping[str, str]) -> str:
     """``text`` with every real address in ``replacements`` (case-insensitive) swapped."""
-    pairs = _pairs(replacements)
-    if not pairs:
-        return text
-    swap = _swapper(pairs)
-    return swap(_ENCODED_RUN.sub(lambda m: _scrub_encoded(m.group(0), swap), text))
+    return _scrub(text, replacements, in_file_name=False)
+
+
+def scrub_filename(name: str, replacements: Mapping[str, str]) -> str:
+    """Like :func:`scrub_text`, but only letters and digits extend an address.
+
+    File names join words with ``-``, ``_`` and ``.``: in "voucher-ann@example.org.pdf" a
+    reader sees the sender's address. In running text that would be another address
+    (``voucher-ann@…``, ``ann@example.org.uk``); in a file name, replacing too much is the
+    safe side.
+    """
+    return _scrub(name, replacements, in_file_name=True)
+
+
+def may_name_address(text: str) -> bool:
+    """False only when ``text`` holds no "@" spelling, not even in an encoded word.
+
+    A cheap test that spares parsing the many header fields that cannot name anyone.
+    """
+    return _MAY_SPELL_AN_ADDRESS.search(text) is not None
 
 
 def scrub_bytes(data: bytes, replacements: Mapping[str, str]) -> bytes:
     """Scrub bytes of unknown charset; latin-1 maps each byte to one char, so the rest is kept."""
     return scrub_text(data.decode("latin-1"), replacements).encode("latin-1", "replace")
+
+
+def _scrub(text: str, replacements: Mapping[str, str], *, in_file_name: bool) -> str:
+    pairs = _pairs(replacements)
+    if not pairs:
+        return text
+    swap = _swapper(pairs, in_file_name)
+    return swap(_ENCODED_RUN.sub(lambda m: _scrub_encoded(m.group(0), swap), text))
 
 
 def _pairs(replacements: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
@@ -42,13 +68,16 @@ def _pairs(replacements: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
 
 
 @lru_cache(maxsize=64)
-def _swapper(pairs: tuple[tuple[str, str], ...]) -> Callable[[str], str]:
+def _swapper(pairs: tuple[tuple[str, str], ...], in_file_name: bool) -> Callable[[str], str]:
     """One compiled pattern per replacement set; the named group tells which address hit."""
     alternatives = []
     for index, (real, _relay) in enumerate(pairs):
         local, _, domain = real.rpartition("@")
         alternatives.append(rf"{re.escape(local)}(?P<at{index}>{_AT_FORMS}){re.escape(domain)}")
-    pattern = re.compile(rf"{_BEFORE}(?:{'|'.join(alternatives)}){_AFTER}", re.IGNORECASE)
+    before, after = (
+        (_BEFORE_IN_FILE_NAME, _AFTER_IN_FILE_NAME) if in_file_name else (_BEFORE, _AFTER)
+    )
+    pattern = re.compile(rf"{before}(?:{'|'.join(alternatives)}){after}", re.IGNORECASE)
 
     def relay_for(match: re.Match[str]) -> str:
         group = match.lastgroup or "at0"

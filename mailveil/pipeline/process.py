@@ -117,8 +117,8 @@ class Processor:
 
     def _queue_relay(self, s: Session, row: InboundRow, raw: bytes, info: MessageFacts,
                      r: Recipient, now: datetime) -> None:
-        relayed = compose.relay_copy(raw, info, r.booking, r.role,
-                                     repo.id_pairs(s, r.booking_id), self._p.book,
+        pairs = repo.id_pairs(s, r.booking_id, [*info.in_reply_to, *info.references])
+        relayed = compose.relay_copy(raw, info, r.booking, r.role, pairs, self._p.book,
                                      self._p.voice)
         if relayed.pair is not None:
             repo.add_id_pair(s, r.booking_id, relayed.pair)

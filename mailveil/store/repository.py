@@ -215,8 +215,13 @@ def outbound_by_bounce_token(s: Session, token: str) -> OutboundRow | None:
 # --- threading ----------------------------------------------------------------------------
 
 
-def id_pairs(s: Session, booking_id: int) -> list[IdPair]:
-    rows = s.scalars(select(MessageIdRow).where(MessageIdRow.booking_id == booking_id))
+def id_pairs(s: Session, booking_id: int, ids: Sequence[str]) -> list[IdPair]:
+    """The pairs of the booking that ``ids`` (a message's references) name either way."""
+    if not ids:
+        return []
+    rows = s.scalars(select(MessageIdRow).where(
+        MessageIdRow.booking_id == booking_id,
+        or_(MessageIdRow.relayed_id.in_(ids), MessageIdRow.original_id.in_(ids))))
     return [IdPair(Role(r.sender_role), r.original_id, r.relayed_id) for r in rows]
 
 
