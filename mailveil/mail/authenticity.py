@@ -156,6 +156,9 @@ _Key = bytes | Literal["none", "temperror"]
 async def verify_dkim(raw: bytes, resolver: Resolver) -> tuple[tuple[str, DkimResult], ...]:
     """(d= domain, result) for each DKIM-Signature, top first, at most
     :data:`MAX_DKIM_SIGNATURES`; a message dkimpy cannot parse has none."""
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    if not re.search(rb"(?im)^dkim-signature\s*:", head):
+        return ()  # dkimpy would split the whole body into lines to find nothing
     try:
         verifier = dkim.DKIM(raw)
     except dkim.DKIMException:
