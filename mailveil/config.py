@@ -60,6 +60,7 @@ class Settings:
     retention_body: timedelta = timedelta(days=180)
     retention_metadata: timedelta = timedelta(days=730)
     banner: bool = True
+    banner_style: str | None = None
 
     @property
     def capture_dir(self) -> Path:
@@ -174,6 +175,10 @@ def from_env(env: Mapping[str, str]) -> Settings:
         if not (v.startswith("/") or re.match(r"^[\w.\[\]:-]+:\d+$", v)):
             raise ConfigError(f"{PREFIX}CLAMD: expected host:port or a unix socket path, got {v!r}")
         values["clamd"] = v
+    if (v := get("BANNER_STYLE")) is not None:
+        if re.search(r"[<>\"\\]", v):
+            raise ConfigError(f"{PREFIX}BANNER_STYLE: CSS declarations only, got {v!r}")
+        values["banner_style"] = v
     if (v := get("DNS")) is not None:
         _host_port("DNS", v)
         values["dns"] = v

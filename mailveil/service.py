@@ -26,6 +26,7 @@ from mailveil.delivery.worker import Deliverer, Policy
 from mailveil.domain.addresses import AddressBook
 from mailveil.mail import dkim
 from mailveil.mail.authenticity import check
+from mailveil.mail.banner import BOX_STYLE
 from mailveil.mail.lookup import make_resolver
 from mailveil.pipeline.compose import Voice
 from mailveil.pipeline.process import Pipeline, Processor
@@ -155,7 +156,8 @@ async def run_worker(rt: Runtime) -> None:
     s = rt.settings
     book = address_book(s)
     voice = Voice(platform_name=s.platform_name, display_name_template=s.display_name_template,
-                  banner=s.banner, grace=s.grace_period, contact_form_url=s.contact_form_url)
+                  banner=s.banner, grace=s.grace_period, contact_form_url=s.contact_form_url,
+                  banner_style=s.banner_style or BOX_STYLE)
     processor = Processor(rt.sessions, Pipeline(book, voice, signer(s), batch=s.worker_batch,
                                                 lease=s.lease))
     policy = Policy(retry_first=s.retry_first, retry_cap=s.retry_max_interval,

@@ -41,6 +41,7 @@ def test_values_are_read() -> None:
     ("CLAMD", "clamd"),
     ("BANNER", "maybe"),
     ("DNS", "resolver.example"),
+    ("BANNER_STYLE", "color:red\"><script>"),
 ])
 def test_wrong_values_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=f"^MAILVEIL_{name}"):

@@ -15,7 +15,7 @@ from mailveil.i18n import resolve, translator
 
 # Inline styles only (webmail strips <style>); the table carries the padding because
 # Outlook's Word engine ignores padding on a <div>.
-_BOX = ("margin:0 0 16px 0;border:1px solid #d0d7de;border-left:4px solid #1a73e8;"
+BOX_STYLE = ("margin:0 0 16px 0;border:1px solid #d0d7de;border-left:4px solid #1a73e8;"
         "background-color:#f6f8fa;")
 _CELL = ("padding:8px 12px;font-family:Arial,Helvetica,sans-serif;font-size:13px;"
          "line-height:18px;color:#24292f;")
@@ -29,8 +29,12 @@ class Banner:
 
 
 def banner(locale: str, sender_name: str, reference: str, platform_name: str,
-           open_until: datetime | None, recipient_is_supplier: bool) -> Banner:
-    """The banner for one recipient; ``open_until`` is shown to suppliers only."""
+           open_until: datetime | None, recipient_is_supplier: bool,
+           box_style: str = BOX_STYLE) -> Banner:
+    """The banner for one recipient; ``open_until`` is shown to suppliers only.
+
+    ``box_style`` is the operator's CSS for the outer box (``MAILVEIL_BANNER_STYLE``), to
+    match the platform's colours."""
     _ = translator(locale).gettext
     name = " ".join(sender_name.split())
     # Each line is a template and its values, so the HTML can escape and emphasise the
@@ -52,7 +56,7 @@ def banner(locale: str, sender_name: str, reference: str, platform_name: str,
             key: f"<strong>{escape(value)}</strong>" for key, value in values.items()
         }) + "</p>"
         for template, values in lines)
-    html = (f'<div lang="{resolve(locale).language}" style="{_BOX}">'
+    html = (f'<div lang="{resolve(locale).language}" style="{escape(box_style)}">'
             f'<table role="presentation" width="100%" cellpadding="0" cellspacing="0" '
             f'border="0"><tr><td style="{_CELL}">{paragraphs}</td></tr></table></div>')
     return Banner(text=f"{text}\n{'-' * 40}\n", html=html)

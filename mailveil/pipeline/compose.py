@@ -12,7 +12,7 @@ from email.utils import make_msgid
 from mailveil.domain.addresses import AddressBook, Role
 from mailveil.domain.booking import Booking, open_until
 from mailveil.domain.threading import IdPair, translate_ids
-from mailveil.mail.banner import banner
+from mailveil.mail.banner import BOX_STYLE, banner
 from mailveil.mail.inspect import MessageFacts
 from mailveil.mail.notices import Notice, Reason, UndeliverableCause, build_notice
 from mailveil.mail.rewrite import RewritePlan, rewrite
@@ -28,6 +28,7 @@ class Voice:
     banner: bool
     grace: timedelta
     contact_form_url: str
+    banner_style: str = BOX_STYLE
     max_attachment_mb: int = 10
 
 
@@ -52,7 +53,7 @@ def relay_copy(raw: bytes, facts: MessageFacts, booking: Booking, recipient_role
     if voice.banner:
         b = banner(recipient.locale, sender.name, booking.reference, voice.platform_name,
                    open_until(booking, voice.grace) if recipient_role is Role.SUPPLIER else None,
-                   recipient_role is Role.SUPPLIER)
+                   recipient_role is Role.SUPPLIER, voice.banner_style)
         text, html = b.text, b.html
     plan = RewritePlan(
         from_name=voice.display_name_template.format(name=sender.name,

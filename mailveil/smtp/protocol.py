@@ -22,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
+from collections import Counter
 from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, syntax
@@ -89,6 +91,8 @@ class RelaySMTP(SMTP):
         self._in_hook = False
         self._in_data = False
         self._shutting_down = False
+        self._opened = time.monotonic()
+        self._tally: Counter[str] = Counter()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if not self._counted:
@@ -111,6 +115,10 @@ class RelaySMTP(SMTP):
         self._connections.active -= 1
         self._connections.sessions.discard(self)
         self._counted = False
+        # One line per session, with no address in it: operators count, they do not read mail.
+        log.info("smtp session", extra={
+            "peer": self._peer, "seconds": round(time.monotonic() - self._opened, 3),
+            "helo": self.session.host_name if self.session else None, **self._tally})
         super().connection_lost(error)
 
     def data_received(self, data: bytes) -> None:
@@ -142,9 +150,13 @@ class RelaySMTP(SMTP):
                 return fault
         self._in_hook = True
         try:
-            return await super()._call_handler_hook(command, *args)
+            reply = await super()._call_handler_hook(command, *args)
         finally:
             self._in_hook = False
+        if command in ("RCPT", "DATA") and isinstance(reply, str):
+            outcome = "accepted" if reply.startswith("250") else "refused"
+            self._tally[f"{'rcpt' if command == 'RCPT' else 'messages'}_{outcome}"] += 1
+        return reply
 
     async def push(self, status: AnyStr) -> None:
         """Send a reply; after a ``421`` hang up, and say nothing more."""

@@ -113,3 +113,10 @@ def test_html_is_one_inline_styled_div() -> None:
 def test_the_banner_names_no_address() -> None:
     b = banner("en", "Ann", "GYG-7Q2X", "Tourly", UNTIL, recipient_is_supplier=True)
     assert "@" not in b.text and "@" not in b.html
+
+
+def test_operator_restyles_the_box_and_values_stay_escaped() -> None:
+    b = banner("en", "Ann <b>", "R-1", "Tourly", None, False,
+               box_style="border-left:4px solid #ff5533")
+    assert 'style="border-left:4px solid #ff5533"' in b.html
+    assert "Ann &lt;b&gt;" in b.html
