@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from email import policy
 from email.header import Header
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mailveil.mail.mime import MAX_DEPTH, Entity, parse, payload, serialize
+from mailveil.mail.mime import MAX_DEPTH, Entity, fold, parse, payload, serialize
 
 CORPORA = Path(__file__).parents[2].parent / "shared" / "corpora"
 CORPUS_FILES = [
@@ -214,6 +215,20 @@ def test_content_type_defaults(content_type: bytes, expected: str) -> None:
     assert parse(content_type + b"\nx").content_type == expected
 
 
+TYPE_TOKENS = ["text", "Plain", "/", " ", "\t", ";", "(c)", "x-y", "a.b", "=", '"q"', "é", "*"]
+
+
+@settings(max_examples=500)
+@given(st.lists(st.sampled_from(TYPE_TOKENS), min_size=1, max_size=8).map("".join))
+def test_content_type_fast_path_reads_like_the_stdlib(value: str) -> None:
+    try:
+        ctype = str(policy.default.header_factory("content-type", value).content_type)
+    except Exception:  # Field.parsed gives up on these the same way
+        ctype = ""
+    expected = ctype if "/" in ctype else "text/plain"
+    assert parse(f"Content-Type: {value}\n\nx".encode()).content_type == expected
+
+
 def test_huge_header_is_read_without_the_structured_parser() -> None:
     value = b" ".join(b"=?utf-8?q?word=C3=A9?=" for _ in range(5000))
     subject = parse(b"Subject: " + value + b"\r\n\r\n").get("subject")
@@ -230,6 +245,27 @@ def test_with_field_replaces_in_place_and_adds_before_the_blank_line() -> None:
     added = replaced.with_field("Content-Transfer-Encoding", "quoted-printable")
     assert added.header.endswith(b"B: 2\nContent-Transfer-Encoding: quoted-printable\n\n")
     assert parse(b"").with_field("A", "1").header == b"A: 1\r\n\r\n"
+
+
+def test_refolded_changes_only_the_fields_given_a_value() -> None:
+    root = parse(b"\xef\xbb\xbfA: 1\nB: x\n folded\nC: 3\n\nbody")
+    assert root.refolded(lambda found: None) is root
+    changed = root.refolded(lambda found: "caf\xe9" if found.key == "b" else None)
+    assert changed.header == b"\xef\xbb\xbfA: 1\nB: =?utf-8?q?caf=C3=A9?=\nC: 3\n\n"
+    assert changed.body == b"body"
+    assert parse(b"A: 1").refolded(lambda found: "2").header == b"A: 2\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "folded"),
+    [
+        ("To", "a@b.example, c@d.example", b"To: a@b.example, c@d.example\n"),
+        ("From", "<", b"From: <\n"),  # the address parser raises IndexError
+        ("From", "\u0e44\udcff<", b"From: =?utf-8?b?4LmEPzw=?=\n"),  # both folders raise
+    ],
+)
+def test_fold_never_raises(name: str, value: str, folded: bytes) -> None:
+    assert fold(name, value, b"\n") == folded
 
 
 @pytest.mark.parametrize(

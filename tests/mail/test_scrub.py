@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mailveil.mail.scrub import scrub_bytes, scrub_text
+from mailveil.mail.scrub import may_name_address, scrub_bytes, scrub_filename, scrub_text
 
 RELAY = "customer-12ab3456cd78@reply.example.com"
 REPLACEMENTS = {"ann.l+x@example.org": RELAY}
@@ -59,3 +59,34 @@ def test_bytes_of_unknown_charset_keep_every_other_byte() -> None:
 def test_no_usable_replacements_is_identity() -> None:
     assert scrub_text("ann.l+x@example.org", {}) == "ann.l+x@example.org"
     assert scrub_text("ann", {"ann": RELAY}) == "ann"
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("ann.l+x@example.org.pdf", f"{RELAY}.pdf"),
+        ("Booking ann.l+x@example.org.tar.gz", f"Booking {RELAY}.tar.gz"),
+        ("ann.l+x@example.org.uk.pdf", f"{RELAY}.uk.pdf"),  # another address: the safe side
+        ("ann.l+x@example.org", RELAY),
+        ("for ann.l+x@example.org (1).pdf", f"for {RELAY} (1).pdf"),
+        ("voucher-ann.l+x@example.org_2.pdf", f"voucher-{RELAY}_2.pdf"),
+        ("joann.l+x@example.org.pdf", "joann.l+x@example.org.pdf"),
+        ("ann.l+x@example.organic.pdf", "ann.l+x@example.organic.pdf"),
+    ],
+)
+def test_in_file_names_only_letters_and_digits_extend_an_address(name: str, expected: str) -> None:
+    assert scrub_filename(name, REPLACEMENTS) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "may"),
+    [
+        ("text/plain; charset=us-ascii", False),
+        ("attachment; filename=a%40b.pdf", True),
+        ("=?utf-8?b?YW5uQGV4YW1wbGUub3Jn?=", True),
+        ("a &#64; b", True),
+        ("<1.a@b>", True),
+    ],
+)
+def test_may_name_address_is_false_only_without_any_at_spelling(text: str, may: bool) -> None:
+    assert may_name_address(text) is may
