@@ -12,7 +12,9 @@ from pathlib import Path
 import psycopg
 import pytest
 from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
 
+from mailveil.store.db import make_engine, migrate, session_factory
 from tests.scan.clamd_fixture import CLAMD, ClamdInfo, running_clamd
 from tests.support.dns import test_dns
 from tests.support.net import free_port, wait_for_port
@@ -74,6 +76,15 @@ def own_clamd(tmp_path: Path) -> Iterator[ClamdInfo]:
     _require_clamd()
     with running_clamd(tmp_path) as info:
         yield info
+
+
+@pytest.fixture
+def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
+    """Sessions on a migrated, empty database of each kind."""
+    migrate(database_url)
+    engine = make_engine(database_url)
+    yield session_factory(engine)
+    engine.dispose()
 
 
 @pytest.fixture

@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
-import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailveil.domain.booking import Party
 from mailveil.store import repository as repo
-from mailveil.store.db import make_engine, migrate, session_factory
 from mailveil.store.models import InboundRow, QuarantineRow
 
 NOW = datetime(2026, 5, 1, tzinfo=UTC)
 RAW = b"Subject: hi\r\nMessage-ID: <1@x>\r\n\r\nbody with EICAR-like payload\r\n"
-
-
-@pytest.fixture
-def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
-    migrate(database_url)
-    engine = make_engine(database_url)
-    yield session_factory(engine)
-    engine.dispose()
 
 
 def test_booking_tokens_are_unique_and_found(sessions: sessionmaker[Session]) -> None:

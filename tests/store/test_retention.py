@@ -2,30 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
-import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailveil.domain.addresses import Role
 from mailveil.store import repository as repo
-from mailveil.store.db import make_engine, migrate, session_factory
 from mailveil.store.models import ArchiveEntryRow, InboundRow, OutboundRow, QuarantineRow
 from mailveil.store.retention import Mismatch, Retention, purge, verify
 
 DAY = timedelta(days=1)
 NOW = datetime(2027, 1, 1, tzinfo=UTC)
 POLICY = Retention(body=30 * DAY, metadata=365 * DAY)
-
-
-@pytest.fixture
-def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
-    migrate(database_url)
-    engine = make_engine(database_url)
-    yield session_factory(engine)
-    engine.dispose()
 
 
 def message(s: Session, when: datetime, *, state: str = "delivered", scan: str = "clean") -> int:
