@@ -19,6 +19,7 @@ from mailveil.delivery.backoff import retry_delay
 from mailveil.delivery.transport import Result, Status, Transport
 from mailveil.mail.bounces import classify
 from mailveil.mail.notices import UndeliverableCause
+from mailveil.metrics import ATTEMPTS
 from mailveil.store import repository as repo
 from mailveil.store.models import OutboundRow
 
@@ -88,6 +89,7 @@ class Deliverer:
     def _apply(self, s: Session, row: OutboundRow, result: Result, now: datetime) -> None:
         repo.record_attempt(s, outbound_id=row.id, code=result.code, response=result.text,
                             outcome=result.status.value, now=now)
+        ATTEMPTS.labels(outcome=result.status.value).inc()
         if row.state != "queued":
             return  # our lease ran out and another worker finished it: the attempt is history
         row.attempts += 1

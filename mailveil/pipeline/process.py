@@ -19,6 +19,7 @@ from mailveil.domain.verdicts import Outcome
 from mailveil.mail.bounces import parse_report
 from mailveil.mail.inspect import MessageFacts, facts
 from mailveil.mail.notices import Reason, UndeliverableCause
+from mailveil.metrics import DECIDED
 from mailveil.pipeline import compose
 from mailveil.pipeline.rules import Context, Recipient, decide, may_notify
 from mailveil.store import repository as repo
@@ -107,6 +108,7 @@ class Processor:
             repo.add_archive_entry(s, inbound_id=row.id, booking_id=r.booking_id,
                                    sender_role=r.role.other, subject=info.subject,
                                    outcome=d.outcome, detail=d.rule, now=now)
+            DECIDED.labels(outcome=d.outcome.value).inc()
             if d.outcome is Outcome.RELAYED:
                 self._queue_relay(s, row, raw, info, r, now)
             elif d.outcome not in told and self._may_notify(row, info):

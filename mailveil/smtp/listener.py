@@ -18,7 +18,7 @@ from weakref import WeakKeyDictionary
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from mailveil.mail.authenticity import Authenticity, Verdict
-from mailveil.metrics import DNS_SECONDS
+from mailveil.metrics import ACCEPTED, DEFERRED, DNS_SECONDS, RCPT_REFUSED, SCAN_SECONDS
 from mailveil.scan.clamd import ScannerUnavailable
 from mailveil.smtp import replies
 from mailveil.smtp.commit import Accepted, GroupCommit
@@ -92,6 +92,7 @@ class RelayHandler:
         refusal = rcpt_reply(envelope_sender(envelope), lookup)
         if refusal is not None:
             self._refused[session] = refused + 1
+            RCPT_REFUSED.labels(code=refusal[:9]).inc()
             return refusal
         envelope.rcpt_tos.append(address)
         return replies.S250_RCPT_OK
@@ -105,16 +106,20 @@ class RelayHandler:
             if refusal is not None:
                 return refusal
         try:
-            scan = await self._scanner.verdict(raw)
+            with SCAN_SECONDS.time():
+                scan = await self._scanner.verdict(raw)
         except ScannerUnavailable:
             log.warning("scanner unavailable; message deferred")
+            DEFERRED.labels(reason="scanner").inc()
             return replies.S451_SCANNER_DOWN
         try:
             inbound_id = await self._commit(Accepted(sender, tuple(envelope.rcpt_tos), raw,
                                                      scan))
         except Exception:
             log.exception("could not store message")
+            DEFERRED.labels(reason="store").inc()
             return replies.S451_STORE_DOWN
+        ACCEPTED.inc()
         self._on_accept()
         log.info("accepted", extra={"inbound_id": inbound_id, "size": len(raw),
                                     "rcpts": len(envelope.rcpt_tos)})
@@ -133,4 +138,6 @@ class RelayHandler:
         log.info("authenticity", extra={"verdict": result.verdict.value, "spf": result.spf,
                                         "dmarc": result.dmarc, "reason": result.reason})
         code = "550" if result.verdict is Verdict.REJECT else "451"
+        if code == "451":
+            DEFERRED.labels(reason="dns").inc()
         return f"{code} {result.reason}"

@@ -9,6 +9,8 @@ import time
 from email import message_from_bytes, policy
 from pathlib import Path
 
+import httpx
+
 from tests.conftest import Mailveil, mailveil_env
 from tests.support.client import (
     CUSTOMER,
@@ -59,6 +61,9 @@ def test_customer_writes_supplier_replies_in_thread(mailveil: Mailveil, sink: Si
     assert first["Message-ID"] in answer["References"]
     assert answer["Message-ID"] != reply["Message-ID"]
 
+    metrics = httpx.get(f"http://127.0.0.1:{mailveil.http_port}/metrics").text
+    assert "mailveil_messages_accepted_total 2.0" in metrics
+    assert 'mailveil_messages_decided_total{outcome="relayed"} 2.0' in metrics
     entries = archive(mailveil, "GYG-1001", 2)
     assert [e["outcome"] for e in entries] == ["relayed", "relayed"]
     assert [e["sender"] for e in entries] == ["customer", "supplier"]
