@@ -13,7 +13,6 @@ class Outcome(StrEnum):
     REFUSED_EXPIRED = "refused_expired"  # conversation window closed
     REFUSED_TOO_LARGE = "refused_too_large"  # attachments above the limit
     BOUNCE_RECORDED = "bounce_recorded"  # a DSN for one of our outgoing messages
-    DISCARDED_LOOP = "discarded_loop"  # would have made a mail loop; kept, not answered
     FAILED = "failed"  # processing crashed; set aside for a human, never dropped
 
 
