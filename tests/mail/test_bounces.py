@@ -11,7 +11,7 @@ import pytest
 from mailveil.mail.bounces import BounceReport, RecipientStatus, classify, parse_report
 from mailveil.mail.notices import UndeliverableCause as Cause
 
-CORPORA = Path(__file__).parents[3] / "shared" / "corpora"
+CORPORA = Path(__file__).parents[1] / "corpora"
 MIMEKIT = CORPORA / "MimeKit" / "UnitTests" / "TestData" / "messages"
 FLANKER = CORPORA / "flanker" / "tests" / "fixtures" / "messages"
 

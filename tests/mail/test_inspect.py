@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from mailveil.mail.inspect import MessageFacts, facts
 
-CORPORA = Path(__file__).parents[2].parent / "shared" / "corpora"
+CORPORA = Path(__file__).parents[1] / "corpora"
 CORPUS_FILES = [
     pytest.param(path, id=str(path.relative_to(CORPORA)))
     for path in (sorted(CORPORA.rglob("*")) if CORPORA.is_dir() else [])

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from mailveil.mail.mime import Entity, body_bytes, parse, payload, serialize
 from mailveil.mail.rewrite import FORWARDED, MAX_FORWARD_DEPTH, SEALED, RewritePlan, rewrite
 
-CORPORA = Path(__file__).parents[2].parent / "shared" / "corpora"
+CORPORA = Path(__file__).parents[1] / "corpora"
 GOLDEN = Path(__file__).parent / "golden"
 SENDER_RELAY = "customer-12ab3456cd78@reply.example.com"
 RECIPIENT_RELAY = "local-partner-0a1b2c3d4e5f@reply.example.com"
