@@ -58,8 +58,7 @@ class Processor:
     def run_once(self, now: datetime) -> int:
         """Process one batch; returns how many messages were taken."""
         with self._sessions() as s, s.begin():
-            claimed = [row.id for row in repo.claim_inbound(s, limit=self._p.batch, now=now,
-                                                             lease=self._p.lease)]
+            claimed = repo.claim_inbound(s, limit=self._p.batch, now=now, lease=self._p.lease)
         for inbound_id in claimed:
             try:
                 with self._sessions() as s, s.begin():

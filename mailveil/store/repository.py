@@ -130,9 +130,9 @@ def store_inbound(s: Session, *, mail_from: str, rcpt_to: Sequence[str], raw: by
     return row.id
 
 
-def claim_inbound(s: Session, *, limit: int, now: datetime, lease: timedelta) -> list[InboundRow]:
-    """Take received messages for processing; a crashed worker's lease runs out and another
-    worker picks the message up again."""
+def claim_inbound(s: Session, *, limit: int, now: datetime, lease: timedelta) -> list[int]:
+    """Take received messages for processing, by id (each is read again, locked, when it is
+    processed); a crashed worker's lease runs out and another worker picks it up again."""
     ids = select(InboundRow.id).where(
         InboundRow.state == "received",
         or_(InboundRow.lease_until.is_(None), InboundRow.lease_until < now),
@@ -141,8 +141,7 @@ def claim_inbound(s: Session, *, limit: int, now: datetime, lease: timedelta) ->
     if not claimed:
         return []
     s.execute(update(InboundRow).where(InboundRow.id.in_(claimed)).values(lease_until=now + lease))
-    return list(s.scalars(select(InboundRow).where(InboundRow.id.in_(claimed))
-                          .order_by(InboundRow.id)))
+    return claimed
 
 
 def add_archive_entry(s: Session, *, inbound_id: int, booking_id: int | None,

@@ -39,13 +39,15 @@ def test_inbound_claim_leases_and_expires(sessions: sessionmaker[Session]) -> No
         first = repo.claim_inbound(s, limit=2, now=NOW, lease=timedelta(minutes=5))
     with sessions() as s, s.begin():
         second = repo.claim_inbound(s, limit=5, now=NOW, lease=timedelta(minutes=5))
-    assert [r.id for r in first] == ids[:2]
-    assert [r.id for r in second] == ids[2:]
+    assert first == ids[:2]
+    assert second == ids[2:]
     with sessions() as s, s.begin():
         later = repo.claim_inbound(s, limit=5, now=NOW + timedelta(minutes=6),
                                    lease=timedelta(minutes=5))
-    assert sorted(r.id for r in later) == ids
-    assert repo.unpack(later[0].raw) == RAW
+    assert sorted(later) == ids
+    with sessions() as s:
+        row = s.get(InboundRow, later[0])
+        assert row is not None and repo.unpack(row.raw) == RAW
 
 
 def test_infected_message_goes_to_quarantine(sessions: sessionmaker[Session]) -> None:
