@@ -221,8 +221,11 @@ TYPE_TOKENS = ["text", "Plain", "/", " ", "\t", ";", "(c)", "x-y", "a.b", "=", '
 @settings(max_examples=500)
 @given(st.lists(st.sampled_from(TYPE_TOKENS), min_size=1, max_size=8).map("".join))
 def test_content_type_fast_path_reads_like_the_stdlib(value: str) -> None:
+    """The oracle reads the value as a header field carries it, without the trailing
+    whitespace that unfolding leaves out: the stdlib parses "Plain/;text* " as plain/plain
+    but raises on "Plain/;text*", which is the same field."""
     try:
-        ctype = str(policy.default.header_factory("content-type", value).content_type)
+        ctype = str(policy.default.header_factory("content-type", value.strip()).content_type)
     except Exception:  # Field.parsed gives up on these the same way
         ctype = ""
     expected = ctype if "/" in ctype else "text/plain"
