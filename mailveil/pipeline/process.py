@@ -1,20 +1,29 @@
-"""The processing runner: takes accepted messages from the store, applies the rules, and
-writes the archive entries and outbox rows of each message in one transaction.
+"""The processing runner: takes a batch of accepted messages from the store, applies the
+rules, and writes the batch's archive entries and outbox rows in one transaction.
+
+A batch is three steps: claim (one short transaction that also reads the bookings and
+threading ids the batch needs), decide and compose (no database: rules, rewriting, DKIM),
+record (one short transaction, a statement per table). Per-message transactions cost more
+than the messages' own work did.
 
 A message whose processing raises is marked ``failed`` with the error and an archive entry,
-and waits for a human (``mailveil`` never drops what it answered 250 for).
+and waits for a human (``mailveil`` never drops what it answered 250 for). If writing a
+batch fails for a reason other than the database being away, its messages are written one
+by one, so that one bad message cannot hold back the others.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
 from mailveil.domain.addresses import AddressBook, Kind, Role, new_bounce_token
+from mailveil.domain.threading import IdPair
 from mailveil.domain.verdicts import Outcome
 from mailveil.mail.bounces import parse_report
 from mailveil.mail.inspect import MessageFacts, facts
@@ -50,6 +59,32 @@ class Pipeline:
     lease: timedelta = timedelta(minutes=5)
 
 
+@dataclass
+class Known:
+    """What the store knows that a batch needs: read once, in the claim's transaction."""
+
+    bookings: dict[tuple[Role, str], repo.StoredBooking]
+    pairs: defaultdict[int, list[IdPair]]
+
+
+@dataclass
+class Result:
+    """What processing one message decided, written with the rest of its batch."""
+
+    message: repo.Claimed
+    archive: list[repo.ArchiveEntry] = field(default_factory=list)
+    outbound: list[repo.NewOutbound] = field(default_factory=list)
+    pairs: list[tuple[int, IdPair]] = field(default_factory=list)
+    bounces: list[str] = field(default_factory=list)  # VERP tokens, matched when written
+    error: str | None = None
+
+    @classmethod
+    def failed(cls, message: repo.Claimed, exc: BaseException) -> Result:
+        error = repr(exc)[:2000]
+        return cls(message, archive=[repo.ArchiveEntry(message.id, None, None, "",
+                                                       Outcome.FAILED, error)], error=error)
+
+
 class Processor:
     def __init__(self, sessions: Callable[[], Session], pipeline: Pipeline) -> None:
         self._sessions = sessions
@@ -59,82 +94,104 @@ class Processor:
         """Process one batch; returns how many messages were taken."""
         with self._sessions() as s, s.begin():
             claimed = repo.claim_inbound(s, limit=self._p.batch, now=now, lease=self._p.lease)
-        for inbound_id in claimed:
+        results: list[Result] = []
+        read: list[tuple[repo.Claimed, MessageFacts]] = []
+        for message in claimed:
             try:
-                with self._sessions() as s, s.begin():
-                    row = s.get(InboundRow, inbound_id, with_for_update=True)
-                    assert row is not None
-                    if row.state != "received":
-                        continue  # our lease ran out and another worker did it meanwhile
-                    self._process(s, row, now)
-            except DATABASE_UNAVAILABLE:
-                raise  # not the message's fault: it stays leased and is taken again
+                read.append((message, facts(message.raw)))
             except Exception as exc:
-                log.exception("processing failed", extra={"inbound_id": inbound_id})
-                with self._sessions() as s, s.begin():
-                    row = s.get(InboundRow, inbound_id)
-                    assert row is not None
-                    row.state, row.error, row.processed_at = "failed", repr(exc)[:2000], now
-                    repo.add_archive_entry(s, inbound_id=inbound_id, booking_id=None,
-                                           sender_role=None, subject="",
-                                           outcome=Outcome.FAILED, detail=repr(exc)[:2000],
-                                           now=now)
+                results.append(self._failed(message, exc))
+        if read:
+            with self._sessions() as s, s.begin():
+                known = self._known(s, read)
+            results += [self._process(message, info, known, now) for message, info in read]
+        if not results:
+            return 0
+        try:
+            with self._sessions() as s, s.begin():
+                self._record(s, results, now)
+        except DATABASE_UNAVAILABLE:
+            raise  # not the messages' fault: they stay leased and are taken again
+        except Exception:
+            log.exception("recording a batch failed; recording its messages one by one")
+            for result in results:
+                self._record_alone(result, now)
         return len(claimed)
 
-    def _process(self, s: Session, row: InboundRow, now: datetime) -> None:
-        raw = repo.unpack(row.raw)
-        info = facts(raw)
+    def _known(self, s: Session, read: list[tuple[repo.Claimed, MessageFacts]]) -> Known:
+        wanted = [(parsed.role, parsed.token) for message, _ in read
+                  for address in message.rcpt_to
+                  if (parsed := self._p.book.parse(address)) is not None
+                  and parsed.role is not None]
+        bookings = repo.bookings_by_tokens(s, wanted)
+        references = {one for _, info in read for one in (*info.in_reply_to, *info.references)}
+        pairs = repo.id_pairs(s, {b.id for b in bookings.values()}, references)
+        return Known(bookings, pairs)
+
+    def _process(self, message: repo.Claimed, info: MessageFacts, known: Known,
+                 now: datetime) -> Result:
+        try:
+            return self._decide(message, info, known, now)
+        except Exception as exc:
+            return self._failed(message, exc)
+
+    @staticmethod
+    def _failed(message: repo.Claimed, exc: Exception) -> Result:
+        log.exception("processing failed", extra={"inbound_id": message.id})
+        return Result.failed(message, exc)
+
+    def _decide(self, message: repo.Claimed, info: MessageFacts, known: Known,
+                now: datetime) -> Result:
+        result = Result(message)
         recipients: list[Recipient] = []
-        for address in row.rcpt_to:
+        for address in message.rcpt_to:
             parsed = self._p.book.parse(address)
             if parsed is None:
                 continue
             if parsed.kind is Kind.BOUNCE:
-                self._record_bounce(s, row, raw, parsed.token, now)
+                result.bounces.append(parsed.token)
                 continue
             assert parsed.role is not None
-            booking_row = repo.booking_by_token(s, parsed.role, parsed.token)
-            if booking_row is not None:
-                recipients.append(Recipient(address, booking_row.id,
-                                            repo.to_domain(s, booking_row), parsed.role))
+            stored = known.bookings.get((parsed.role, parsed.token))
+            if stored is not None:
+                recipients.append(Recipient(address, stored.id, stored.booking, parsed.role))
         ctx = Context(
-            to_cc=tuple(info.to_cc), attachment_bytes=info.attachment_bytes, scan=row.scan,
+            to_cc=tuple(info.to_cc), attachment_bytes=info.attachment_bytes, scan=message.scan,
             now=now, grace=self._p.voice.grace, book=self._p.book,
         )
         told: set[Outcome] = set()
         for d in decide(ctx, recipients):
             r = d.recipient
-            repo.add_archive_entry(s, inbound_id=row.id, booking_id=r.booking_id,
-                                   sender_role=r.role.other, subject=info.subject,
-                                   outcome=d.outcome, detail=d.rule, now=now)
-            DECIDED.labels(outcome=d.outcome.value).inc()
+            result.archive.append(repo.ArchiveEntry(message.id, r.booking_id, r.role.other,
+                                                    info.subject, d.outcome, d.rule))
             if d.outcome is Outcome.RELAYED:
-                self._queue_relay(s, row, raw, info, r, now)
-            elif d.outcome not in told and self._may_notify(row, info):
+                self._relay(result, info, r, known)
+            elif d.outcome not in told and self._may_notify(message.mail_from, info):
                 told.add(d.outcome)
-                self.queue_notice(s, inbound=row, raw=raw, info=info, recipient=r,
-                                  reason=REASON_OF[d.outcome], cause=None, now=now)
-        row.state, row.processed_at = "processed", now
+                result.outbound.append(self._notice(message.id, message.raw, info, r,
+                                                    REASON_OF[d.outcome], None, now))
+        return result
 
-    def _queue_relay(self, s: Session, row: InboundRow, raw: bytes, info: MessageFacts,
-                     r: Recipient, now: datetime) -> None:
-        pairs = repo.id_pairs(s, r.booking_id, [*info.in_reply_to, *info.references])
-        relayed = compose.relay_copy(raw, info, r.booking, r.role, pairs, self._p.book,
-                                     self._p.voice)
+    def _relay(self, result: Result, info: MessageFacts, r: Recipient, known: Known) -> None:
+        relayed = compose.relay_copy(result.message.raw, info, r.booking, r.role,
+                                     known.pairs[r.booking_id], self._p.book, self._p.voice)
         if relayed.pair is not None:
-            repo.add_id_pair(s, r.booking_id, relayed.pair)
+            # Later messages of the batch may already refer to this one.
+            known.pairs[r.booking_id].append(relayed.pair)
+            result.pairs.append((r.booking_id, relayed.pair))
         token = new_bounce_token()
-        repo.queue_outbound(s, repo.NewOutbound(
-            kind="relay", inbound_id=row.id, booking_id=r.booking_id, recipient_role=r.role,
-            bounce_token=token, mail_from=self._p.book.bounce_address(token),
+        result.outbound.append(repo.NewOutbound(
+            kind="relay", inbound_id=result.message.id, booking_id=r.booking_id,
+            recipient_role=r.role, bounce_token=token,
+            mail_from=self._p.book.bounce_address(token),
             rcpt_to=r.booking.party(r.role).email, message_id=relayed.message_id,
             raw=self._p.sign(relayed.raw),
-        ), now)
+        ))
 
-    def queue_notice(self, s: Session, *, inbound: InboundRow, raw: bytes, info: MessageFacts,
-                     recipient: Recipient, reason: Reason, cause: UndeliverableCause | None,
-                     now: datetime) -> None:
-        """Tell the sender of ``inbound`` why it did not reach ``recipient``.
+    def _notice(self, inbound_id: int, raw: bytes, info: MessageFacts, recipient: Recipient,
+                reason: Reason, cause: UndeliverableCause | None,
+                now: datetime) -> repo.NewOutbound:
+        """Tell the sender of ``raw`` why it did not reach ``recipient``.
 
         Sent from the null envelope sender (RFC 3464), so nothing can bounce back to it.
         """
@@ -142,33 +199,59 @@ class Processor:
         notice_raw, message_id = compose.notice(
             reason=reason, cause=cause, booking=recipient.booking, sender_role=sender_role,
             original=raw, facts=info, book=self._p.book, voice=self._p.voice, now=now)
-        repo.queue_outbound(s, repo.NewOutbound(
-            kind="notice", inbound_id=inbound.id, booking_id=recipient.booking_id,
+        return repo.NewOutbound(
+            kind="notice", inbound_id=inbound_id, booking_id=recipient.booking_id,
             recipient_role=sender_role, bounce_token=new_bounce_token(), mail_from="",
             rcpt_to=recipient.booking.party(sender_role).email, message_id=message_id,
             raw=self._p.sign(notice_raw),
-        ), now)
+        )
 
-    def _may_notify(self, inbound: InboundRow, info: MessageFacts) -> bool:
-        return may_notify(inbound.mail_from, info.auto_submitted, info.is_delivery_report,
+    def _may_notify(self, mail_from: str, info: MessageFacts) -> bool:
+        return may_notify(mail_from, info.auto_submitted, info.is_delivery_report,
                           self._p.book)
 
-    def _record_bounce(self, s: Session, row: InboundRow, raw: bytes, token: str,
+    def _record(self, s: Session, results: list[Result], now: datetime) -> None:
+        mine = repo.still_received(s, [r.message.id for r in results])
+        # The others: our lease ran out and another worker did them meanwhile.
+        results = [r for r in results if r.message.id in mine]
+        for result in results:
+            for token in result.bounces:
+                self._record_bounce(s, result.message, token, now)
+            if result.error is not None:
+                repo.mark_failed(s, result.message.id, result.error, now)
+        repo.add_archive_entries(s, [e for r in results for e in r.archive], now)
+        repo.add_id_pairs(s, [p for r in results for p in r.pairs])
+        repo.queue_outbounds(s, [o for r in results for o in r.outbound], now)
+        repo.mark_processed(s, [r.message.id for r in results if r.error is None], now)
+        for entry in (e for r in results for e in r.archive):
+            DECIDED.labels(outcome=entry.outcome).inc()
+
+    def _record_alone(self, result: Result, now: datetime) -> None:
+        try:
+            with self._sessions() as s, s.begin():
+                self._record(s, [result], now)
+        except DATABASE_UNAVAILABLE:
+            raise
+        except Exception as exc:
+            log.exception("recording failed", extra={"inbound_id": result.message.id})
+            with self._sessions() as s, s.begin():
+                self._record(s, [Result.failed(result.message, exc)], now)
+
+    def _record_bounce(self, s: Session, message: repo.Claimed, token: str,
                        now: datetime) -> None:
         outbound = repo.outbound_by_bounce_token(s, token)
-        report = parse_report(raw)
         if outbound is None:
             return
+        report = parse_report(message.raw)
         detail = "unparseable bounce" if report is None else (
             f"{'permanent' if report.permanent else 'temporary'}: {report.cause}")
-        repo.add_archive_entry(s, inbound_id=row.id, booking_id=outbound.booking_id,
-                               sender_role=None, subject="", outcome=Outcome.BOUNCE_RECORDED,
-                               detail=detail, now=now)
+        repo.add_archive_entry(s, repo.ArchiveEntry(message.id, outbound.booking_id, None, "",
+                                                    Outcome.BOUNCE_RECORDED, detail), now)
         if report is None or not report.permanent or outbound.state == "bounced":
             return
-        repo.record_attempt(s, outbound_id=outbound.id, code=None,
-                            response=f"bounce received: {report.cause}", outcome="permanent",
-                            now=now)
+        repo.record_attempts(s, [repo.Attempt(outbound.id, None,
+                                              f"bounce received: {report.cause}",
+                                              "permanent")], now)
         self.give_up(s, outbound, report.cause, now, state="bounced")
 
     def give_up(self, s: Session, outbound: OutboundRow, cause: UndeliverableCause,
@@ -181,14 +264,13 @@ class Processor:
         inbound = s.get(InboundRow, outbound.inbound_id)
         booking_row = s.get(BookingRow, outbound.booking_id)
         assert inbound is not None and booking_row is not None
-        raw = repo.unpack(inbound.raw)
-        info = facts(raw)
+        info = facts(inbound.raw)
         recipient = Recipient(outbound.rcpt_to, booking_row.id, repo.to_domain(s, booking_row),
                               Role(outbound.recipient_role))
-        repo.add_archive_entry(s, inbound_id=inbound.id, booking_id=booking_row.id,
-                               sender_role=recipient.role.other, subject=info.subject,
-                               outcome=Outcome.REFUSED_UNDELIVERABLE, detail=str(cause),
-                               now=now)
-        if self._may_notify(inbound, info):
-            self.queue_notice(s, inbound=inbound, raw=raw, info=info, recipient=recipient,
-                              reason=Reason.UNDELIVERABLE, cause=cause, now=now)
+        repo.add_archive_entry(s, repo.ArchiveEntry(
+            inbound.id, booking_row.id, recipient.role.other, info.subject,
+            Outcome.REFUSED_UNDELIVERABLE, str(cause)), now)
+        if self._may_notify(inbound.mail_from, info):
+            repo.queue_outbound(s, self._notice(inbound.id, inbound.raw, info, recipient,
+                                                Reason.UNDELIVERABLE, cause, now), now)
+

@@ -27,8 +27,8 @@ class StoreBackend:
                 return Lookup(parsed, bounce_known=repo.outbound_by_bounce_token(
                     s, parsed.token) is not None)
             assert parsed.role is not None
-            row = repo.booking_by_token(s, parsed.role, parsed.token)
-            return Lookup(parsed, repo.to_domain(s, row) if row else None)
+            found = repo.booking_by_token(s, parsed.role, parsed.token)
+            return Lookup(parsed, found.booking if found else None)
 
     def accept(self, messages: Sequence[Accepted]) -> list[int]:
         """Commit the messages in one transaction; only after this returns may the

@@ -1,8 +1,10 @@
 """Tables. The outbox is the ``outbound_messages`` table itself: queueing a message and
 archiving it are one row written in one transaction, so neither can exist without the other.
 
-Raw messages are stored zlib-compressed with the SHA-256 of the uncompressed bytes, so
-``mailveil archive verify`` can prove the archive is what was received and sent.
+Raw messages are stored as received and as sent, with their SHA-256, so ``mailveil archive
+verify`` can prove the archive is what was received and sent. They are not compressed here:
+most of mail's bytes are base64 of already-compressed files, and PostgreSQL compresses
+large values itself (TOAST).
 """
 
 from __future__ import annotations

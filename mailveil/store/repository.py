@@ -1,15 +1,20 @@
 """Queries the rest of mailveil uses; each takes an open ``Session`` and leaves the commit
-to the caller, so one unit of work (archive entry + outbox row) is one transaction."""
+to the caller, so one unit of work (archive entry + outbox row) is one transaction.
+
+The hot paths (claiming, recording a batch's outcomes) work on whole batches with one
+statement each: per-message statements were most of a worker's time (docs/performance.md).
+"""
 
 from __future__ import annotations
 
 import hashlib
-import zlib
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from mailveil.domain.addresses import Role, new_token
@@ -27,13 +32,9 @@ from mailveil.store.models import (
 )
 
 
-def pack(raw: bytes) -> tuple[bytes, str]:
-    """Compress a raw message for storage and return it with the digest of the original."""
-    return zlib.compress(raw, 1), hashlib.sha256(raw).hexdigest()
-
-
-def unpack(stored: bytes) -> bytes:
-    return zlib.decompress(stored)
+def sha256_of(raw: bytes) -> str:
+    """What ``mailveil archive verify`` checks a stored message against."""
+    return hashlib.sha256(raw).hexdigest()
 
 
 # --- suppliers and bookings ---------------------------------------------------------------
@@ -86,14 +87,44 @@ def booking_by_reference(s: Session, reference: str) -> BookingRow | None:
     return s.scalar(select(BookingRow).where(BookingRow.reference == reference))
 
 
-def booking_by_token(s: Session, role: Role, token: str) -> BookingRow | None:
-    column = BookingRow.customer_token if role is Role.CUSTOMER else BookingRow.supplier_token
-    return s.scalar(select(BookingRow).where(column == token))
+@dataclass(frozen=True)
+class StoredBooking:
+    id: int
+    booking: Booking
+
+
+def booking_by_token(s: Session, role: Role, token: str) -> StoredBooking | None:
+    return bookings_by_tokens(s, [(role, token)]).get((role, token))
+
+
+def bookings_by_tokens(s: Session, wanted: Iterable[tuple[Role, str]]
+                       ) -> dict[tuple[Role, str], StoredBooking]:
+    """The bookings behind relay addresses, with their suppliers, in one query."""
+    tokens: dict[Role, set[str]] = {Role.CUSTOMER: set(), Role.SUPPLIER: set()}
+    for role, token in wanted:
+        tokens[role].add(token)
+    if not any(tokens.values()):
+        return {}
+    rows = s.execute(select(BookingRow, SupplierRow)
+                     .join(SupplierRow, SupplierRow.id == BookingRow.supplier_id)
+                     .where(or_(BookingRow.customer_token.in_(tokens[Role.CUSTOMER]),
+                                BookingRow.supplier_token.in_(tokens[Role.SUPPLIER]))))
+    found: dict[tuple[Role, str], StoredBooking] = {}
+    for row, supplier in rows:
+        stored = StoredBooking(row.id, _booking(row, supplier))
+        for role in Role:
+            if stored.booking.token(role) in tokens[role]:
+                found[(role, stored.booking.token(role))] = stored
+    return found
 
 
 def to_domain(s: Session, row: BookingRow) -> Booking:
     supplier = s.get(SupplierRow, row.supplier_id)
     assert supplier is not None, "foreign key guarantees the supplier"
+    return _booking(row, supplier)
+
+
+def _booking(row: BookingRow, supplier: SupplierRow) -> Booking:
     return Booking(
         reference=row.reference,
         supplier=Party(supplier.name, supplier.email, supplier.locale),
@@ -118,40 +149,108 @@ def store_inbound(s: Session, *, mail_from: str, rcpt_to: Sequence[str], raw: by
     """Store an accepted message. An infected one goes to quarantine whole; the archive
     keeps only its headers, enough to explain the refusal to its sender."""
     infected = scan.startswith("infected")
-    packed, digest = pack(header_block(raw) if infected else raw)
-    row = InboundRow(received_at=now, mail_from=mail_from, rcpt_to=list(rcpt_to), raw=packed,
-                     sha256=digest, size=len(raw), state="received", scan=scan)
+    kept = header_block(raw) if infected else raw
+    row = InboundRow(received_at=now, mail_from=mail_from, rcpt_to=list(rcpt_to), raw=kept,
+                     sha256=sha256_of(kept), size=len(raw), state="received", scan=scan)
     s.add(row)
     s.flush()
     if infected:
-        whole, whole_digest = pack(raw)
-        s.add(QuarantineRow(inbound_id=row.id, raw=whole, sha256=whole_digest, findings=scan,
+        s.add(QuarantineRow(inbound_id=row.id, raw=raw, sha256=sha256_of(raw), findings=scan,
                             created_at=now))
     return row.id
 
 
-def claim_inbound(s: Session, *, limit: int, now: datetime, lease: timedelta) -> list[int]:
-    """Take received messages for processing, by id (each is read again, locked, when it is
-    processed); a crashed worker's lease runs out and another worker picks it up again."""
-    ids = select(InboundRow.id).where(
+@dataclass(frozen=True)
+class Claimed:
+    """An inbound message leased for processing, with what processing reads of it."""
+
+    id: int
+    mail_from: str
+    rcpt_to: list[str]
+    raw: bytes
+    scan: str
+
+
+def claim_inbound(s: Session, *, limit: int, now: datetime, lease: timedelta) -> list[Claimed]:
+    """Take received messages for processing, at most ``limit`` and about
+    :data:`BATCH_BYTES`; a crashed worker's lease runs out and another worker picks them up
+    again (``SKIP LOCKED`` keeps live workers apart on PostgreSQL)."""
+    due = s.execute(select(InboundRow.id, InboundRow.size).where(
         InboundRow.state == "received",
         or_(InboundRow.lease_until.is_(None), InboundRow.lease_until < now),
-    ).order_by(InboundRow.id).limit(limit).with_for_update(skip_locked=True)
-    claimed = list(s.scalars(ids))
-    if not claimed:
+    ).order_by(InboundRow.id).limit(limit).with_for_update(skip_locked=True)).all()
+    ids = _within_budget(due)
+    if not ids:
         return []
-    s.execute(update(InboundRow).where(InboundRow.id.in_(claimed)).values(lease_until=now + lease))
-    return claimed
+    s.execute(update(InboundRow).where(InboundRow.id.in_(ids)).values(lease_until=now + lease))
+    rows = s.execute(select(InboundRow.id, InboundRow.mail_from, InboundRow.rcpt_to,
+                            InboundRow.raw, InboundRow.scan)
+                     .where(InboundRow.id.in_(ids)).order_by(InboundRow.id)).all()
+    return [Claimed(*row) for row in rows]
 
 
-def add_archive_entry(s: Session, *, inbound_id: int, booking_id: int | None,
-                      sender_role: Role | None, subject: str, outcome: str, detail: str,
-                      now: datetime) -> None:
+BATCH_BYTES = 2 * 1024 * 1024
+"""A batch holds its messages and their outgoing copies in memory. Batching pays for small
+messages (a statement per batch instead of per message); past a few hundred kilobytes the
+messages' own work dominates, and 50 of them at the size limit would be gigabytes."""
+
+
+def _within_budget(due: Sequence[tuple[int, int]]) -> list[int]:
+    """The ids of the longest prefix of (id, size) that fits :data:`BATCH_BYTES`, at least one."""
+    ids: list[int] = []
+    total = 0
+    for row_id, size in due:
+        total += size
+        if ids and total > BATCH_BYTES:
+            break
+        ids.append(row_id)
+    return ids
+
+
+def still_received(s: Session, ids: Collection[int]) -> set[int]:
+    """Which of ``ids`` nobody processed meanwhile (a lease can run out), locked till commit."""
+    return set(s.scalars(select(InboundRow.id).where(
+        InboundRow.id.in_(ids), InboundRow.state == "received").with_for_update()))
+
+
+def mark_processed(s: Session, ids: Collection[int], now: datetime) -> None:
+    if ids:
+        s.execute(update(InboundRow).where(InboundRow.id.in_(ids))
+                  .values(state="processed", processed_at=now, lease_until=None))
+
+
+def mark_failed(s: Session, inbound_id: int, error: str, now: datetime) -> None:
+    """Parked for a human: ``mailveil`` never drops what it answered 250 for."""
+    s.execute(update(InboundRow).where(InboundRow.id == inbound_id)
+              .values(state="failed", error=error[:2000], processed_at=now, lease_until=None))
+
+
+@dataclass(frozen=True)
+class ArchiveEntry:
+    inbound_id: int
+    booking_id: int | None
+    sender_role: Role | None
+    subject: str
+    outcome: str
+    detail: str
+
+
+def add_archive_entries(s: Session, entries: Sequence[ArchiveEntry], now: datetime) -> None:
+    if entries:
+        s.execute(insert(ArchiveEntryRow), [_archive_values(e, now) for e in entries])
+
+
+def add_archive_entry(s: Session, entry: ArchiveEntry, now: datetime) -> None:
+    add_archive_entries(s, [entry], now)
+
+
+def _archive_values(entry: ArchiveEntry, now: datetime) -> dict[str, Any]:
     # A decoded Subject may hold any character, NUL included, which PostgreSQL refuses.
-    printable = "".join(ch if ch.isprintable() else " " for ch in subject)[:1000]
-    s.add(ArchiveEntryRow(inbound_id=inbound_id, booking_id=booking_id,
-                          sender_role=sender_role.value if sender_role else None,
-                          subject=printable, outcome=outcome, detail=detail, created_at=now))
+    printable = "".join(ch if ch.isprintable() else " " for ch in entry.subject)[:1000]
+    return {"inbound_id": entry.inbound_id, "booking_id": entry.booking_id,
+            "sender_role": entry.sender_role.value if entry.sender_role else None,
+            "subject": printable, "outcome": entry.outcome, "detail": entry.detail,
+            "created_at": now}
 
 
 # --- outbox -------------------------------------------------------------------------------
@@ -171,40 +270,82 @@ class NewOutbound:
 
 
 def queue_outbound(s: Session, msg: NewOutbound, now: datetime) -> int:
-    packed, digest = pack(msg.raw)
-    row = OutboundRow(
-        inbound_id=msg.inbound_id, booking_id=msg.booking_id, kind=msg.kind,
-        recipient_role=msg.recipient_role.value if msg.recipient_role else None,
-        bounce_token=msg.bounce_token, mail_from=msg.mail_from, rcpt_to=msg.rcpt_to,
-        message_id=msg.message_id, raw=packed, sha256=digest, state="queued", attempts=0,
-        next_attempt_at=now, created_at=now,
-    )
+    row = OutboundRow(**_outbound_values(msg, now))
     s.add(row)
     s.flush()
     return row.id
 
 
-def claim_outbound(s: Session, *, limit: int, now: datetime,
-                   lease: timedelta) -> list[OutboundRow]:
-    """Lease due messages to this worker. ``SKIP LOCKED`` keeps two workers on PostgreSQL
-    from taking the same rows; the lease keeps them apart once the transaction ends."""
-    ids = select(OutboundRow.id).where(
+def queue_outbounds(s: Session, messages: Sequence[NewOutbound], now: datetime) -> None:
+    if messages:
+        s.execute(insert(OutboundRow), [_outbound_values(m, now) for m in messages])
+
+
+def _outbound_values(msg: NewOutbound, now: datetime) -> dict[str, Any]:
+    return {"inbound_id": msg.inbound_id, "booking_id": msg.booking_id, "kind": msg.kind,
+            "recipient_role": msg.recipient_role.value if msg.recipient_role else None,
+            "bounce_token": msg.bounce_token, "mail_from": msg.mail_from,
+            "rcpt_to": msg.rcpt_to, "message_id": msg.message_id, "raw": msg.raw,
+            "sha256": sha256_of(msg.raw), "state": "queued", "attempts": 0,
+            "next_attempt_at": now, "created_at": now}
+
+
+@dataclass(frozen=True)
+class Due:
+    """An outgoing message leased for one delivery attempt."""
+
+    id: int
+    mail_from: str
+    rcpt_to: str
+    raw: bytes
+
+
+def claim_outbound(s: Session, *, limit: int, now: datetime, lease: timedelta) -> list[Due]:
+    """Lease due messages to this worker (at most ``limit``, about :data:`BATCH_BYTES`).
+    ``SKIP LOCKED`` keeps two workers on PostgreSQL from taking the same rows; the lease
+    keeps them apart once the transaction ends."""
+    due = s.execute(select(OutboundRow.id, func.length(OutboundRow.raw)).where(
         OutboundRow.state == "queued",
         OutboundRow.next_attempt_at <= now,
         or_(OutboundRow.lease_until.is_(None), OutboundRow.lease_until < now),
-    ).order_by(OutboundRow.next_attempt_at).limit(limit).with_for_update(skip_locked=True)
-    claimed = list(s.scalars(ids))
-    if not claimed:
+    ).order_by(OutboundRow.next_attempt_at).limit(limit)
+        .with_for_update(skip_locked=True)).all()
+    ids = _within_budget(due)
+    if not ids:
         return []
-    s.execute(update(OutboundRow).where(OutboundRow.id.in_(claimed))
-              .values(lease_until=now + lease))
-    return list(s.scalars(select(OutboundRow).where(OutboundRow.id.in_(claimed))))
+    s.execute(update(OutboundRow).where(OutboundRow.id.in_(ids)).values(lease_until=now + lease))
+    rows = s.execute(select(OutboundRow.id, OutboundRow.mail_from, OutboundRow.rcpt_to,
+                            OutboundRow.raw).where(OutboundRow.id.in_(ids))).all()
+    return [Due(*row) for row in rows]
 
 
-def record_attempt(s: Session, *, outbound_id: int, code: int | None, response: str,
-                   outcome: str, now: datetime) -> None:
-    s.add(AttemptRow(outbound_id=outbound_id, attempted_at=now, code=code,
-                     response=response[:2000], outcome=outcome))
+def mark_delivered(s: Session, ids: Collection[int], now: datetime) -> set[int]:
+    """Finish the copies still queued among ``ids``; returns those (the others were
+    finished by a worker whose lease had not run out)."""
+    if not ids:
+        return set()
+    queued = set(s.scalars(select(OutboundRow.id).where(
+        OutboundRow.id.in_(ids), OutboundRow.state == "queued").with_for_update()))
+    if queued:
+        s.execute(update(OutboundRow).where(OutboundRow.id.in_(queued)).values(
+            state="delivered", finished_at=now, lease_until=None,
+            attempts=OutboundRow.attempts + 1))
+    return queued
+
+
+@dataclass(frozen=True)
+class Attempt:
+    outbound_id: int
+    code: int | None
+    response: str
+    outcome: str  # delivered | temporary | permanent
+
+
+def record_attempts(s: Session, attempts: Sequence[Attempt], now: datetime) -> None:
+    if attempts:
+        s.execute(insert(AttemptRow), [
+            {"outbound_id": a.outbound_id, "attempted_at": now, "code": a.code,
+             "response": a.response[:2000], "outcome": a.outcome} for a in attempts])
 
 
 def outbound_by_bounce_token(s: Session, token: str) -> OutboundRow | None:
@@ -214,16 +355,23 @@ def outbound_by_bounce_token(s: Session, token: str) -> OutboundRow | None:
 # --- threading ----------------------------------------------------------------------------
 
 
-def id_pairs(s: Session, booking_id: int, ids: Sequence[str]) -> list[IdPair]:
-    """The pairs of the booking that ``ids`` (a message's references) name either way."""
-    if not ids:
-        return []
+def id_pairs(s: Session, booking_ids: Collection[int], ids: Collection[str]
+             ) -> defaultdict[int, list[IdPair]]:
+    """Per booking, the pairs that ``ids`` (messages' references) name either way."""
+    found: defaultdict[int, list[IdPair]] = defaultdict(list)
+    if not booking_ids or not ids:
+        return found
     rows = s.scalars(select(MessageIdRow).where(
-        MessageIdRow.booking_id == booking_id,
+        MessageIdRow.booking_id.in_(booking_ids),
         or_(MessageIdRow.relayed_id.in_(ids), MessageIdRow.original_id.in_(ids))))
-    return [IdPair(Role(r.sender_role), r.original_id, r.relayed_id) for r in rows]
+    for r in rows:
+        found[r.booking_id].append(IdPair(Role(r.sender_role), r.original_id, r.relayed_id))
+    return found
 
 
-def add_id_pair(s: Session, booking_id: int, pair: IdPair) -> None:
-    s.add(MessageIdRow(booking_id=booking_id, sender_role=pair.sender_role.value,
-                       original_id=pair.original_id, relayed_id=pair.relayed_id))
+def add_id_pairs(s: Session, pairs: Sequence[tuple[int, IdPair]]) -> None:
+    if pairs:
+        s.execute(insert(MessageIdRow), [
+            {"booking_id": booking_id, "sender_role": p.sender_role.value,
+             "original_id": p.original_id, "relayed_id": p.relayed_id}
+            for booking_id, p in pairs])

@@ -8,7 +8,6 @@ waiting in the outbox are never touched.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -23,7 +22,7 @@ from mailveil.store.models import (
     OutboundRow,
     QuarantineRow,
 )
-from mailveil.store.repository import unpack
+from mailveil.store.repository import sha256_of
 
 
 @dataclass(frozen=True)
@@ -88,9 +87,5 @@ def verify(s: Session, batch: int = 500) -> Iterator[Mismatch]:
         if table is not QuarantineRow:
             query = query.where(table.purged_at.is_(None))  # type: ignore[union-attr]
         for row_id, raw, digest in s.execute(query.execution_options(yield_per=batch)):
-            try:
-                ok = hashlib.sha256(unpack(raw)).hexdigest() == digest
-            except Exception:
-                ok = False
-            if not ok:
+            if sha256_of(raw) != digest:
                 yield Mismatch(table.__tablename__, row_id)

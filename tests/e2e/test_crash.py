@@ -252,11 +252,12 @@ def test_smarthost_outage_backs_off_then_delivers_everything(
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_outbox_waits_in_the_database_not_in_memory(database_url: str, tmp_path: Path) -> None:
-    """500 messages of 64 KB wait for a smarthost that is down; the worker leases them
-    in batches, so the process grows by far less than what waits. SQLite is left out: it
-    accepts these messages about three times slower, and the memory does not depend on it.
+    """500 messages of 256 KB (170 MB) wait for a smarthost that is down; the worker leases
+    them in batches of a few megabytes, so the process grows by far less than what waits.
+    SQLite is left out: it accepts these messages about three times slower, and the memory
+    does not depend on it.
     """
-    body_bytes = 64 * 1024
+    body_bytes = 256 * 1024
     dead = f"127.0.0.1:{free_port()}"
     mv = started(database_url, tmp_path / "var", dead)
     engine = create_engine(database_url)

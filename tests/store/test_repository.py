@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailveil.domain.booking import Party
@@ -27,7 +28,7 @@ def test_booking_tokens_are_unique_and_found(sessions: sessionmaker[Session]) ->
         from mailveil.domain.addresses import Role
 
         found = repo.booking_by_token(s, Role.SUPPLIER, rows[7].supplier_token)
-        assert found is not None and found.reference == "R7"
+        assert found is not None and found.booking.reference == "R7"
         assert repo.booking_by_token(s, Role.CUSTOMER, rows[7].supplier_token) is None
 
 
@@ -39,15 +40,13 @@ def test_inbound_claim_leases_and_expires(sessions: sessionmaker[Session]) -> No
         first = repo.claim_inbound(s, limit=2, now=NOW, lease=timedelta(minutes=5))
     with sessions() as s, s.begin():
         second = repo.claim_inbound(s, limit=5, now=NOW, lease=timedelta(minutes=5))
-    assert first == ids[:2]
-    assert second == ids[2:]
+    assert [c.id for c in first] == ids[:2]
+    assert [c.id for c in second] == ids[2:]
     with sessions() as s, s.begin():
         later = repo.claim_inbound(s, limit=5, now=NOW + timedelta(minutes=6),
                                    lease=timedelta(minutes=5))
-    assert sorted(later) == ids
-    with sessions() as s:
-        row = s.get(InboundRow, later[0])
-        assert row is not None and repo.unpack(row.raw) == RAW
+    assert sorted(c.id for c in later) == ids
+    assert later[0].raw == RAW and later[0].rcpt_to == ["b@y"] and later[0].scan == "clean"
 
 
 def test_infected_message_goes_to_quarantine(sessions: sessionmaker[Session]) -> None:
@@ -57,9 +56,9 @@ def test_infected_message_goes_to_quarantine(sessions: sessionmaker[Session]) ->
     with sessions() as s:
         row = s.get(InboundRow, inbound_id)
         assert row is not None
-        assert repo.unpack(row.raw) == b"Subject: hi\r\nMessage-ID: <1@x>\r\n\r\n"
+        assert row.raw == b"Subject: hi\r\nMessage-ID: <1@x>\r\n\r\n"
         [q] = s.query(QuarantineRow).all()
-        assert repo.unpack(q.raw) == RAW and q.findings == "infected: Test.EICAR"
+        assert q.raw == RAW and q.findings == "infected: Test.EICAR"
 
 
 def test_archive_subject_keeps_only_printable_text(sessions: sessionmaker[Session]) -> None:
@@ -68,7 +67,25 @@ def test_archive_subject_keeps_only_printable_text(sessions: sessionmaker[Sessio
     with sessions() as s, s.begin():
         inbound_id = repo.store_inbound(s, mail_from="a@x", rcpt_to=["b@y"], raw=RAW,
                                         scan="clean", now=NOW)
-        repo.add_archive_entry(s, inbound_id=inbound_id, booking_id=None, sender_role=None,
-                               subject="a\0b\r\nc", outcome="relayed", detail="", now=NOW)
+        repo.add_archive_entry(s, repo.ArchiveEntry(inbound_id, None, None, "a\0b\r\nc",
+                                                    "relayed", ""), NOW)
     with sessions() as s:
         assert s.query(ArchiveEntryRow).one().subject == "a b  c"
+
+
+def test_claims_stop_at_the_batch_byte_budget(sessions: sessionmaker[Session],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(repo, "BATCH_BYTES", 2 * len(RAW))
+    with sessions() as s, s.begin():
+        ids = [repo.store_inbound(s, mail_from="a@x", rcpt_to=["b@y"], raw=RAW, scan="clean",
+                                  now=NOW) for _ in range(5)]
+        for i in ids:
+            repo.queue_outbound(s, repo.NewOutbound("notice", i, None, None, f"{i:020x}", "",
+                                                    "r@x", f"<{i}@x>", RAW), NOW)
+    lease = timedelta(minutes=5)
+    with sessions() as s, s.begin():
+        assert [c.id for c in repo.claim_inbound(s, limit=5, now=NOW, lease=lease)] == ids[:2]
+        assert len(repo.claim_outbound(s, limit=5, now=NOW, lease=lease)) == 2
+    monkeypatch.setattr(repo, "BATCH_BYTES", 1)  # a message above the budget still goes alone
+    with sessions() as s, s.begin():
+        assert [c.id for c in repo.claim_inbound(s, limit=5, now=NOW, lease=lease)] == ids[2:3]

@@ -21,15 +21,14 @@ def message(s: Session, when: datetime, *, state: str = "delivered", scan: str =
     inbound_id = repo.store_inbound(s, mail_from="a@example.org", rcpt_to=["r@x"],
                                     raw=b"Subject: s\r\n\r\nbody\r\n", scan=scan, now=when)
     s.execute(update(InboundRow).where(InboundRow.id == inbound_id).values(state="processed"))
-    repo.add_archive_entry(s, inbound_id=inbound_id, booking_id=None, sender_role=Role.CUSTOMER,
-                           subject="s", outcome="relayed", detail="", now=when)
+    repo.add_archive_entry(s, repo.ArchiveEntry(inbound_id, None, Role.CUSTOMER, "s", "relayed",
+                                                ""), when)
     outbound_id = repo.queue_outbound(s, repo.NewOutbound(
         kind="relay", inbound_id=inbound_id, booking_id=None, recipient_role=Role.SUPPLIER,
         bounce_token=f"{inbound_id:020x}", mail_from="b@x", rcpt_to="s@example.org",
         message_id="<m@x>", raw=b"To: s\r\n\r\nbody\r\n"), when)
     s.execute(update(OutboundRow).where(OutboundRow.id == outbound_id).values(state=state))
-    repo.record_attempt(s, outbound_id=outbound_id, code=250, response="ok",
-                        outcome="delivered", now=when)
+    repo.record_attempts(s, [repo.Attempt(outbound_id, 250, "ok", "delivered")], when)
     return inbound_id
 
 
@@ -65,6 +64,6 @@ def test_verify_reports_tampered_rows(sessions: sessionmaker[Session]) -> None:
     with sessions() as s, s.begin():
         inbound_id = message(s, NOW)
         s.execute(update(InboundRow).where(InboundRow.id == inbound_id)
-                  .values(raw=repo.pack(b"Subject: forged\r\n\r\n")[0]))
+                  .values(raw=b"Subject: forged\r\n\r\n"))
     with sessions() as s:
         assert list(verify(s)) == [Mismatch("inbound_messages", inbound_id)]

@@ -1,0 +1,150 @@
+"""The processor on SQLite and PostgreSQL: a batch is decided and recorded together, and a
+message that breaks (or breaks the batch's transaction) is parked without holding back the
+others."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from mailveil.domain.addresses import AddressBook, Role
+from mailveil.domain.booking import Party
+from mailveil.domain.verdicts import Outcome
+from mailveil.mail.inspect import facts
+from mailveil.pipeline import process
+from mailveil.pipeline.compose import Voice
+from mailveil.pipeline.process import Pipeline, Processor
+from mailveil.store import repository as repo
+from mailveil.store.models import ArchiveEntryRow, InboundRow, MessageIdRow, OutboundRow
+
+NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
+BOOK = AddressBook("reply.example.com", "customer", "local-partner", "bounce", "no-reply")
+VOICE = Voice("Marketplace", "{name} via {platform}", True, timedelta(days=7), "")
+
+
+def poison_aware_sign(raw: bytes) -> bytes:
+    if b"poison" in raw:
+        raise ValueError("cannot sign this one")
+    return b"DKIM-Signature: test\r\n" + raw
+
+
+def processor(sessions: sessionmaker[Session]) -> Processor:
+    return Processor(sessions, Pipeline(BOOK, VOICE, poison_aware_sign, batch=10))
+
+
+def setup_bookings(sessions: sessionmaker[Session], count: int) -> list[tuple[str, str]]:
+    """(customer's address, supplier's relay address) of ``count`` open bookings."""
+    with sessions() as s, s.begin():
+        repo.upsert_supplier(s, id="sup", name="Sunset Tours", email="desk@supplier.example",
+                             locale="fr", now=NOW)
+        rows = [repo.create_booking(s, reference=f"B{i}", supplier_id="sup",
+                                    customer=Party("Ann Lee", f"ann{i}@customer.example", "en"),
+                                    activity_start=NOW, activity_end=NOW + timedelta(days=1),
+                                    now=NOW) for i in range(count)]
+        return [(f"ann{i}@customer.example", BOOK.relay_address(Role.SUPPLIER, r.supplier_token))
+                for i, r in enumerate(rows)]
+
+
+def accept(sessions: sessionmaker[Session], sender: str, rcpt: str, subject: str,
+           extra: str = "") -> int:
+    raw = (f"From: Ann Lee <{sender}>\r\nTo: {rcpt}\r\nSubject: {subject}\r\n"
+           f"Message-ID: <{subject.replace(' ', '-')}@customer.example>\r\n{extra}\r\n"
+           f"Hello, write to me at {sender}.\r\n").encode()
+    with sessions() as s, s.begin():
+        return repo.store_inbound(s, mail_from=sender, rcpt_to=[rcpt], raw=raw, scan="clean",
+                                  now=NOW)
+
+
+def states(sessions: sessionmaker[Session]) -> dict[int, str]:
+    with sessions() as s:
+        return dict(s.execute(select(InboundRow.id, InboundRow.state)).all())
+
+
+def test_batch_is_relayed_and_recorded_in_one_round(sessions: sessionmaker[Session]) -> None:
+    envelopes = setup_bookings(sessions, 4)
+    ids = [accept(sessions, sender, rcpt, f"hello {i}") for i, (sender, rcpt)
+           in enumerate(envelopes * 2)]
+    assert processor(sessions).run_once(NOW) == 8
+    assert processor(sessions).run_once(NOW) == 0
+    assert set(states(sessions).values()) == {"processed"}
+    with sessions() as s:
+        copies = s.scalars(select(OutboundRow).order_by(OutboundRow.inbound_id)).all()
+        outcomes = s.scalars(select(ArchiveEntryRow.outcome)).all()
+    assert [c.inbound_id for c in copies] == ids and set(outcomes) == {Outcome.RELAYED}
+    for copy, (sender, _) in zip(copies, envelopes * 2, strict=True):
+        assert copy.rcpt_to == "desk@supplier.example" and copy.state == "queued"
+        assert copy.raw.startswith(b"DKIM-Signature: test\r\n")
+        assert sender.encode() not in copy.raw
+        assert copy.sha256 == repo.sha256_of(copy.raw)
+
+
+def test_reference_to_a_message_of_the_same_batch_is_translated(
+        sessions: sessionmaker[Session]) -> None:
+    [(sender, rcpt)] = setup_bookings(sessions, 1)
+    accept(sessions, sender, rcpt, "first")
+    accept(sessions, sender, rcpt, "second",
+           extra="References: <first@customer.example>\r\n")
+    processor(sessions).run_once(NOW)
+    with sessions() as s:
+        first_copy, second_copy = s.scalars(select(OutboundRow).order_by(OutboundRow.id)).all()
+        pairs = s.scalars(select(MessageIdRow)).all()
+    assert {p.original_id for p in pairs} == {"<first@customer.example>",
+                                              "<second@customer.example>"}
+    assert f"References: {first_copy.message_id}\r\n".encode() in second_copy.raw
+    assert b"first@customer.example" not in second_copy.raw
+
+
+def test_a_message_that_fails_is_parked_and_the_batch_goes_on(
+        sessions: sessionmaker[Session]) -> None:
+    [(sender, rcpt)] = setup_bookings(sessions, 1)
+    good = accept(sessions, sender, rcpt, "fine")
+    bad = accept(sessions, sender, rcpt, "poison")
+    processor(sessions).run_once(NOW)
+    assert states(sessions) == {good: "processed", bad: "failed"}
+    with sessions() as s:
+        failed = s.scalars(select(ArchiveEntryRow).where(ArchiveEntryRow.inbound_id == bad)).one()
+        error = s.get(InboundRow, bad)
+        copies = s.scalars(select(OutboundRow.inbound_id)).all()
+    assert failed.outcome == Outcome.FAILED and "cannot sign" in failed.detail
+    assert error is not None and "cannot sign" in (error.error or "")
+    assert copies == [good]
+
+
+def test_a_batch_that_cannot_be_recorded_is_recorded_one_by_one(
+        sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every copy gets the same bounce token (unique in the outbox): the batch's transaction
+    fails, then the first message is recorded alone and the others are parked as failed."""
+    monkeypatch.setattr(process, "new_bounce_token", lambda: "f" * 20)
+    envelopes = setup_bookings(sessions, 3)
+    ids = [accept(sessions, sender, rcpt, f"hello {i}") for i, (sender, rcpt)
+           in enumerate(envelopes)]
+    assert processor(sessions).run_once(NOW) == 3
+    assert states(sessions) == {ids[0]: "processed", ids[1]: "failed", ids[2]: "failed"}
+    with sessions() as s:
+        outcomes = dict(s.execute(select(ArchiveEntryRow.inbound_id,
+                                         ArchiveEntryRow.outcome)).all())
+    assert outcomes == {ids[0]: Outcome.RELAYED, ids[1]: Outcome.FAILED,
+                        ids[2]: Outcome.FAILED}
+
+
+def test_a_message_another_worker_finished_is_not_recorded_twice(
+        sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Our lease ran out while we worked and another worker processed the message."""
+    [(sender, rcpt)] = setup_bookings(sessions, 1)
+    inbound_id = accept(sessions, sender, rcpt, "slow")
+
+    def facts_meanwhile_done_elsewhere(raw: bytes) -> object:
+        with sessions() as s, s.begin():
+            row = s.get(InboundRow, inbound_id)
+            assert row is not None
+            row.state = "processed"
+        return facts(raw)
+
+    monkeypatch.setattr(process, "facts", facts_meanwhile_done_elsewhere)
+    assert processor(sessions).run_once(NOW) == 1
+    with sessions() as s:
+        assert s.scalars(select(OutboundRow)).all() == []
+        assert s.scalars(select(ArchiveEntryRow)).all() == []
