@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import zlib
+from datetime import UTC, datetime
+
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import insert, select
 
-from mailveil.store.db import make_engine, migrate
-from mailveil.store.models import Base
+from mailveil.store.db import alembic_config, make_engine, migrate
+from mailveil.store.models import Base, InboundRow
+from mailveil.store.repository import sha256_of
 
 
 def test_migrations_match_models(database_url: str) -> None:
@@ -17,3 +23,21 @@ def test_migrations_match_models(database_url: str) -> None:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     engine.dispose()
     assert diff == []
+
+
+def test_compressed_rows_of_before_0002_are_decompressed(database_url: str) -> None:
+    raw = b"Subject: kept\r\n\r\nbody\r\n" * 50
+    command.upgrade(alembic_config(database_url), "0001")
+    engine = make_engine(database_url)
+    with engine.begin() as conn:
+        conn.execute(insert(InboundRow), {
+            "received_at": datetime.now(UTC), "mail_from": "a@x", "rcpt_to": ["b@y"],
+            "raw": zlib.compress(raw, 1), "sha256": sha256_of(raw), "size": len(raw),
+            "state": "processed", "scan": "clean"})
+    migrate(database_url)
+    with engine.connect() as conn:
+        assert conn.scalar(select(InboundRow.raw)) == raw
+    command.downgrade(alembic_config(database_url), "0001")
+    with engine.connect() as conn:
+        assert zlib.decompress(conn.scalar(select(InboundRow.raw)) or b"") == raw
+    engine.dispose()
