@@ -5,22 +5,29 @@ It isolates what mailveil itself costs per message (store, rules, rewrite, DKIM,
 from SMTP and from the machine's other load, which `bench.relay` cannot; use it to see
 what a change to the pipeline gains before running the full benchmark.
 
-    python -m bench.pipeline --messages 2000 --size 2k [--database postgresql://...] [--profile]
+    python -m bench.pipeline --messages 2000 --size 2k [--database postgresql] [--profile]
+
+On PostgreSQL it works in a database of its own, dropped at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import pstats
+import secrets
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
+import psycopg
+
+from bench.mailveil_sut import PG_ADMIN
 from bench.messages import Template, size_bytes, token
 from mailveil.delivery.transport import Result, Status
 from mailveil.delivery.worker import Deliverer, Policy
@@ -53,18 +60,31 @@ def cpu_ms(step: Callable[[], T]) -> tuple[T, float]:
     return result, (time.process_time() - start) * 1000
 
 
+@contextlib.contextmanager
+def database(kind: str, tmp: Path) -> Iterator[str]:
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp}/bench.db"
+        return
+    name = f"mailveil_bench_{secrets.token_hex(5)}"
+    with psycopg.connect(**PG_ADMIN, autocommit=True) as admin:  # type: ignore[arg-type]
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--size", default="2k")
     parser.add_argument("--bookings", type=int, default=100)
     parser.add_argument("--batch", type=int, default=50, help="listener group-commit size")
-    parser.add_argument("--database", help="SQLAlchemy URL (default: SQLite in a temp dir)")
+    parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--profile", action="store_true", help="cProfile the whole run")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        url = args.database or f"sqlite:///{tmp}/bench.db"
+    with tempfile.TemporaryDirectory() as tmp, database(args.database, Path(tmp)) as url:
         migrate(url)
         sessions = session_factory(make_engine(url))
         book = AddressBook("reply.example.com", "customer", "local-partner", "bounce",
