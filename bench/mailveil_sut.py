@@ -3,10 +3,15 @@ database (``mailveil_bench_<random>``, dropped afterwards).
 
 Topology ``serve``: one process (SMTP + worker + web). ``split`` or ``split:W``: separate
 ``smtp``, ``web`` and W ``worker`` processes, so the listener and the worker use both cores.
+
+SPF and DMARC are checked for real: a DNS server on loopback publishes the customers'
+domain as most senders' domains do (SPF ``-all`` but for the sending host, DMARC
+``p=reject``); without it, mailveil would ask the machine's resolver, off the loopback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -21,11 +26,17 @@ from typing import Any
 import psycopg
 
 from bench import fill
+from bench.dns_server import running_dns
 from bench.loadgen import Envelope
 from bench.systems import RELAY_DOMAIN, REPO, System, free_port, stop_process, wait_for_port
 
 PG_ADMIN = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "postgres"}
 TOKEN = "bench-" + secrets.token_hex(16)
+CUSTOMER_DOMAIN = "customer.example"
+DNS_RECORDS = {
+    (f"{CUSTOMER_DOMAIN}.", "TXT"): ["v=spf1 ip4:127.0.0.0/8 -all"],
+    (f"_dmarc.{CUSTOMER_DOMAIN}.", "TXT"): ["v=DMARC1; p=reject"],
+}
 
 
 def roles(topology: str) -> list[str]:
@@ -55,6 +66,8 @@ class Mailveil(System):
         self.fill_seconds = 0.0
         self._envelopes: list[Envelope] = []
         self._admin: psycopg.Connection[Any] | None = None
+        self._dns = contextlib.ExitStack()
+        self._dns_address = ""
 
     def _url(self) -> str:
         if self.database == "sqlite":
@@ -70,10 +83,13 @@ class Mailveil(System):
                 "MAILVEIL_SMTP_LISTEN": f"127.0.0.1:{self.port}",
                 "MAILVEIL_HTTP_LISTEN": f"127.0.0.1:{self.http_port}",
                 "MAILVEIL_SMARTHOST": f"127.0.0.1:{self.sink_port}",
-                "MAILVEIL_API_TOKEN": TOKEN}
+                "MAILVEIL_API_TOKEN": TOKEN,
+                "MAILVEIL_DNS": self._dns_address}
 
     def start(self) -> None:
         self.data_dir.mkdir(parents=True)
+        host, port = self._dns.enter_context(running_dns(DNS_RECORDS))
+        self._dns_address = f"{host}:{port}"
         if self.database == "postgresql":
             self._admin = psycopg.connect(**PG_ADMIN, autocommit=True)  # type: ignore[arg-type]
             self._url()
@@ -109,7 +125,7 @@ class Mailveil(System):
                                  "email": "ops@supplier.example", "locale": "en"})
         out = []
         for i in range(self.bookings):
-            customer = f"customer{i:06d}@customer.example"
+            customer = f"customer{i:06d}@{CUSTOMER_DOMAIN}"
             b = self._post("bookings", {
                 "reference": f"BENCH-{i:06d}", "supplier_id": "bench-sup",
                 "customer": {"name": f"Customer {i}", "email": customer, "locale": "en"},
@@ -161,6 +177,7 @@ class Mailveil(System):
             self._admin.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
             self._admin.close()
             self._admin = None
+        self._dns.close()
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "database": self.database, "topology": self.topology,

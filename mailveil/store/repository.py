@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from mailveil.domain.addresses import Role, new_token
@@ -93,8 +93,36 @@ class StoredBooking:
     booking: Booking
 
 
+_BOOKING = (BookingRow.id, BookingRow.reference, SupplierRow.name, SupplierRow.email,
+            SupplierRow.locale, BookingRow.customer_name, BookingRow.customer_email,
+            BookingRow.customer_locale, BookingRow.activity_start, BookingRow.activity_end,
+            BookingRow.status, BookingRow.cancelled_at, BookingRow.customer_token,
+            BookingRow.supplier_token)
+_BOOKINGS = select(*_BOOKING).join(SupplierRow, SupplierRow.id == BookingRow.supplier_id)
+# Built once: the listener asks this for every RCPT, and building a statement costs more
+# than SQLite takes to answer it.
+_BY_TOKEN = {
+    Role.CUSTOMER: _BOOKINGS.where(BookingRow.customer_token == bindparam("token")),
+    Role.SUPPLIER: _BOOKINGS.where(BookingRow.supplier_token == bindparam("token")),
+}
+
+
+def _stored_booking(row: Sequence[Any]) -> StoredBooking:
+    (booking_id, reference, supplier_name, supplier_email, supplier_locale, customer_name,
+     customer_email, customer_locale, start, end, status, cancelled_at, customer_token,
+     supplier_token) = row
+    return StoredBooking(booking_id, Booking(
+        reference=reference,
+        supplier=Party(supplier_name, supplier_email, supplier_locale),
+        customer=Party(customer_name, customer_email, customer_locale),
+        activity_start=start, activity_end=end, status=BookingStatus(status),
+        cancelled_at=cancelled_at, customer_token=customer_token,
+        supplier_token=supplier_token))
+
+
 def booking_by_token(s: Session, role: Role, token: str) -> StoredBooking | None:
-    return bookings_by_tokens(s, [(role, token)]).get((role, token))
+    row = s.execute(_BY_TOKEN[role], {"token": token}).first()
+    return None if row is None else _stored_booking(row)
 
 
 def bookings_by_tokens(s: Session, wanted: Iterable[tuple[Role, str]]
@@ -105,13 +133,11 @@ def bookings_by_tokens(s: Session, wanted: Iterable[tuple[Role, str]]
         tokens[role].add(token)
     if not any(tokens.values()):
         return {}
-    rows = s.execute(select(BookingRow, SupplierRow)
-                     .join(SupplierRow, SupplierRow.id == BookingRow.supplier_id)
-                     .where(or_(BookingRow.customer_token.in_(tokens[Role.CUSTOMER]),
-                                BookingRow.supplier_token.in_(tokens[Role.SUPPLIER]))))
+    rows = s.execute(_BOOKINGS.where(or_(BookingRow.customer_token.in_(tokens[Role.CUSTOMER]),
+                                         BookingRow.supplier_token.in_(tokens[Role.SUPPLIER]))))
     found: dict[tuple[Role, str], StoredBooking] = {}
-    for row, supplier in rows:
-        stored = StoredBooking(row.id, _booking(row, supplier))
+    for row in rows:
+        stored = _stored_booking(row)
         for role in Role:
             if stored.booking.token(role) in tokens[role]:
                 found[(role, stored.booking.token(role))] = stored
@@ -119,20 +145,9 @@ def bookings_by_tokens(s: Session, wanted: Iterable[tuple[Role, str]]
 
 
 def to_domain(s: Session, row: BookingRow) -> Booking:
-    supplier = s.get(SupplierRow, row.supplier_id)
-    assert supplier is not None, "foreign key guarantees the supplier"
-    return _booking(row, supplier)
-
-
-def _booking(row: BookingRow, supplier: SupplierRow) -> Booking:
-    return Booking(
-        reference=row.reference,
-        supplier=Party(supplier.name, supplier.email, supplier.locale),
-        customer=Party(row.customer_name, row.customer_email, row.customer_locale),
-        activity_start=row.activity_start, activity_end=row.activity_end,
-        status=BookingStatus(row.status), cancelled_at=row.cancelled_at,
-        customer_token=row.customer_token, supplier_token=row.supplier_token,
-    )
+    found = booking_by_token(s, Role.CUSTOMER, row.customer_token)
+    assert found is not None, "the row is in the database"
+    return found.booking
 
 
 # --- inbound messages ---------------------------------------------------------------------

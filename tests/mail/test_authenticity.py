@@ -1,4 +1,4 @@
-"""SPF, DKIM and DMARC against a real DNS server on loopback (tests/dns_server.py).
+"""SPF, DKIM and DMARC against a real DNS server on loopback (bench/dns_server.py).
 
 Client addresses are documentation ranges (RFC 5737, RFC 3849): data for SPF, never
 contacted.
@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from bench.dns_server import running_dns
 from mailveil.mail import authenticity
 from mailveil.mail.authenticity import Authenticity, Verdict, check
 from mailveil.mail.dkim import dns_txt_record, load_or_create_key, sign
 from mailveil.mail.lookup import DNS_TIMEOUT, make_resolver
 from mailveil.mail.spf import check_spf
-from tests.dns_server import running_dns
 
 GOOD_IP = "192.0.2.10"  # in shop.example's SPF record
 BAD_IP = "203.0.113.9"  # in nobody's

@@ -9,8 +9,8 @@ import dns.resolver
 import pytest
 from dkim.util import parse_tag_value
 
+from bench.dns_server import running_dns
 from mailveil.mail.dkim import dns_txt_record, load_or_create_key, sign
-from tests.dns_server import running_dns
 
 DOMAIN = "reply.example.com"
 SELECTOR = "mailveil"

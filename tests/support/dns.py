@@ -11,7 +11,7 @@ import atexit
 import contextlib
 import functools
 
-from tests.dns_server import running_dns
+from bench.dns_server import running_dns
 
 SPOOFED_DOMAIN = "spoofed.example"
 RECORDS = {

@@ -1,4 +1,5 @@
-"""A tiny authoritative DNS server on loopback UDP, for tests that must resolve for real.
+"""A tiny authoritative DNS server on loopback UDP, for the tests and the benchmark, which must
+resolve for real without leaving the machine.
 
 Only what tests need: one question per query, answers from a fixed table, NXDOMAIN for
 names it does not know, no TCP (answers too big for the query's UDP size come back
