@@ -1,7 +1,12 @@
 """The SMTP dialogue: aiosmtpd's, hardened for a public MX.
 
-aiosmtpd ends DATA only at ``<CRLF>.<CRLF>`` (1.4.5 fixed SMTP smuggling), answers commands
-strictly in order and caps line lengths. This subclass adds what hostile clients need:
+aiosmtpd answers commands strictly in order and caps line lengths. This subclass reads
+message data itself (:class:`DataReader`): aiosmtpd's DATA loop runs Python for every line,
+tens of thousands of times for a large message, where this one takes what the socket
+delivered in chunks of up to 256 KiB and does the per-byte work (finding the end, the
+limits, dot-unstuffing) with :class:`bytes` methods; the outcome is aiosmtpd's. As in
+aiosmtpd >= 1.4.5, only ``<CRLF>.<CRLF>`` ends the data (no SMTP smuggling), and commands
+pipelined right behind it are run next. The subclass also adds what hostile clients need:
 
 * an idle timeout that says ``421 4.4.2`` before hanging up, counted only while we wait
   for the client, so a slow but moving upload or a slow commit of ours is never cut;
@@ -14,7 +19,8 @@ strictly in order and caps line lengths. This subclass adds what hostile clients
 
 Policy (who may write to whom, how many recipients) stays in :mod:`mailveil.smtp.listener`.
 The overrides reach into aiosmtpd 1.4 internals (``_timeout_cb``, ``_call_handler_hook``,
-``_getaddr``, the reader's buffer); tests/e2e/test_hostile_smtp.py pins their behaviour.
+``_set_post_data_state``, ``_getaddr``, the reader's buffer);
+tests/e2e/test_hostile_smtp.py and tests/smtp/test_data_reader.py pin their behaviour.
 """
 
 from __future__ import annotations
@@ -22,11 +28,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import sys
 import time
 from collections import Counter
 from typing import Any, AnyStr
 
-from aiosmtpd.smtp import SMTP, syntax
+from aiosmtpd.smtp import MISSING, SMTP, syntax
 
 from mailveil.smtp import replies
 
@@ -34,15 +41,17 @@ log = logging.getLogger(__name__)
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
-# aiosmtpd's fixed texts for these cases carry no enhanced status code. After the end of
-# DATA, RFC 5321 4.3.2 allows 554 (not aiosmtpd's 500) for a line that was too long.
+# aiosmtpd's fixed texts for these cases carry no enhanced status code.
 _AIOSMTPD_REPLIES = {
     "500 Command line too long": replies.S500_LINE_TOO_LONG,
-    "500 Line too long (see RFC5321 4.5.3.1.6)": replies.S554_LINE_TOO_LONG,
-    "552 Error: Too much mail data": replies.S552_TOO_BIG,
     "552 Error: message size exceeds fixed maximum message size": replies.S552_TOO_BIG,
-    "503 Error: need RCPT command": replies.S554_NO_VALID_RCPT,
 }
+
+_CRLF = b"\r\n"
+_END_OF_DATA = b"\r\n.\r\n"
+# The most asked of the stream reader at once. It never holds much more: one socket read
+# gives at most 256 KiB, and it pauses the transport beyond twice its line limit.
+_CHUNK = 256 * 1024
 
 
 class ConnectionLimit:
@@ -81,6 +90,72 @@ def content_fault(raw: bytes) -> str | None:
     if raw.count(b"\r") != line_ends or raw.count(b"\n") != line_ends:
         return replies.S554_BARE_LINE_END
     return None
+
+
+class DataReader:
+    """Message data as it arrives, up to the ``<CRLF>.<CRLF>`` that ends it.
+
+    The outcome is that of aiosmtpd 1.4's line loop (``SMTP.smtp_DATA``), however the network
+    splits the data, but each chunk costs a few :class:`bytes` calls instead of Python per
+    line. A line may have ``line_limit`` bytes with its CRLF, the data ``size_limit`` bytes
+    (CRLFs in, dot-stuffing not yet removed); the first line to break either limit decides
+    the refusal, and the data is still read to its end so the session stays in step.
+    """
+
+    def __init__(self, *, line_limit: int, size_limit: int | None) -> None:
+        # The CRLF that ended the DATA command heads the buffer: the end marker right at the
+        # start (an empty message) and a dot opening the first line are then found as any other.
+        self._buffer = bytearray(_CRLF)
+        self._line_start = len(_CRLF)  # the first line not checked yet
+        self._line_limit = line_limit
+        # The furthest the data may end in the buffer (aiosmtpd: a size limit of 0 is none).
+        self._size_end = len(_CRLF) + size_limit if size_limit else sys.maxsize
+        self.refusal: str | None = None
+        self.after = b""  # what the client sent after the end marker: its next commands
+
+    def feed(self, chunk: bytes) -> bool:
+        """Take the next bytes; ``True`` once the end marker has arrived."""
+        buffer = self._buffer
+        search_from = max(0, len(buffer) - len(_END_OF_DATA) + 1)  # it may straddle chunks
+        buffer += chunk
+        end = buffer.find(_END_OF_DATA, search_from)
+        if end >= 0:
+            self.after = bytes(buffer[end + len(_END_OF_DATA):])
+            del buffer[end + len(_CRLF):]  # the message keeps the CRLF ending its last line
+        if self.refusal is None:
+            self._check_lines()
+        if self.refusal is not None:  # nothing more to keep but a possible start of the marker
+            del buffer[:-(len(_END_OF_DATA) - 1)]
+        return end >= 0
+
+    def _check_lines(self) -> None:
+        """Check the lines complete so far, in order. Each step jumps to the last line end
+        within ``line_limit`` bytes: a step per kilobyte or so, not one per line."""
+        buffer, start, limit = self._buffer, self._line_start, self._line_limit
+        while (crlf := buffer.rfind(_CRLF, start, start + limit)) >= 0:
+            start = crlf + len(_CRLF)
+            if start > self._size_end:
+                self.refusal = replies.S552_TOO_BIG
+                return
+        self._line_start = start
+        # No line end within the limit: the line at start is too long once it is all here
+        # (aiosmtpd says 500; RFC 5321 4.3.2 allows 554 after the data). One at most two bytes
+        # over still fits aiosmtpd's stream reader, which then counts its size first.
+        crlf = buffer.find(_CRLF, start + limit - 1, start + limit + len(_CRLF))
+        if crlf >= 0:
+            self.refusal = (replies.S552_TOO_BIG if crlf + len(_CRLF) > self._size_end
+                            else replies.S554_LINE_TOO_LONG)
+        elif len(buffer) >= start + limit + len(_CRLF):
+            self.refusal = replies.S554_LINE_TOO_LONG
+
+    def message(self) -> bytes:
+        """The data without its dot-stuffing: a line's leading dot goes (RFC 5321 4.5.2).
+        Empties the reader, so a message of tens of megabytes is not held twice for long."""
+        buffer = self._buffer
+        del buffer[:3 if buffer.startswith(b"\r\n.") else 2]  # the heading CRLF, a first dot
+        data = bytes(buffer)
+        buffer.clear()
+        return data.replace(b"\r\n.", _CRLF)
 
 
 class RelaySMTP(SMTP):
@@ -211,11 +286,49 @@ class RelaySMTP(SMTP):
             return
         self._in_data = True
         try:
-            await super().smtp_DATA(arg)
+            await self._transaction(arg)
         finally:
             self._in_data = False
         if self._shutting_down:
             await self.push(replies.S421_SHUTTING_DOWN)
+
+    async def _transaction(self, arg: str) -> None:
+        """aiosmtpd 1.4's ``smtp_DATA`` (bytes only: ``decode_data=False``, as
+        :func:`smtp_factory` sets) with :class:`DataReader` in place of its line loop."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push(replies.S554_NO_VALID_RCPT)
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        data = DataReader(line_limit=self.line_length_limit, size_limit=self.data_size_limit)
+        while not data.feed(await self._read_data()):
+            pass
+        # Commands may follow the end marker at once (RFC 2920), for aiosmtpd's command loop
+        # to read next. StreamReader cannot take bytes back, so they go back in front of its
+        # buffer: all it holds arrived after them.
+        self._reader._buffer[:0] = data.after  # type: ignore[attr-defined]
+        reply = data.refusal
+        if reply is None:
+            self.envelope.content = self.envelope.original_content = data.message()
+            status = await self._call_handler_hook("DATA")
+            reply = "250 OK" if status is MISSING else status
+        self._set_post_data_state()  # type: ignore[no-untyped-call]  # a new envelope
+        await self.push(reply)
+
+    async def _read_data(self) -> bytes:
+        """What the client sent, up to :data:`_CHUNK` bytes, waiting for it if need be."""
+        chunk = await self._reader.read(_CHUNK)
+        if not chunk:
+            # The stream ended: aiosmtpd (eof_received, connection_lost) has cancelled this
+            # task, but the cancellation lands only when it next waits, and reading at the
+            # end of the stream no longer waits.
+            raise asyncio.CancelledError
+        return chunk
 
     def shut_down(self) -> None:
         """``421 4.3.2`` now if the client is between commands; a message being received
