@@ -168,6 +168,7 @@ class RelaySMTP(SMTP):
         self._shutting_down = False
         self._opened = time.monotonic()
         self._tally: Counter[str] = Counter()
+        self._multiline: list[str] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if not self._counted:
@@ -234,13 +235,22 @@ class RelaySMTP(SMTP):
         return reply
 
     async def push(self, status: AnyStr) -> None:
-        """Send a reply; after a ``421`` hang up, and say nothing more."""
+        """Send a reply; after a ``421`` hang up, and say nothing more.
+
+        The lines of a multiline reply (``250-``, EHLO's six) wait for its last line and go
+        in one write: a write is a system call, and a session has a dozen of them.
+        """
         if self.transport is None or self.transport.is_closing():
             return
         if isinstance(status, bytes):
             await super().push(status)
             return
         reply = _AIOSMTPD_REPLIES.get(status, status)
+        if reply[3:4] == "-":
+            self._multiline.append(reply)
+            return
+        if self._multiline:
+            reply, self._multiline = "\r\n".join([*self._multiline, reply]), []
         await super().push(reply)
         if reply.startswith("421 "):
             self._hang_up()

@@ -356,3 +356,19 @@ def test_shutting_down_mid_data_answers_the_message_first(server: Server,
     client.send(b".\r\nNOOP\r\n")
     assert client.replies(3) == [QUEUED, line(replies.S421_SHUTTING_DOWN), b""]
     assert server.handler.messages == [RECEIVED]
+
+
+def test_a_multiline_reply_is_one_write(server: Server, client: Client) -> None:
+    writes: list[bytes] = []
+
+    def count_writes() -> None:
+        [session] = server.connections.sessions
+        writer = session._writer
+        original = writer.write
+        writer.write = lambda data: (writes.append(data), original(data))[1]  # type: ignore[method-assign]
+
+    server.call(count_writes)
+    client.send(b"EHLO again.example\r\n")
+    reply = client.reply()
+    assert reply.startswith(b"250-mx.example\r\n") and reply.endswith(b"\r\n250 HELP\r\n")
+    assert writes == [reply]
