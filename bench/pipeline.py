@@ -18,6 +18,8 @@ import contextlib
 import cProfile
 import pstats
 import secrets
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -29,7 +31,8 @@ import psycopg
 
 from bench.mailveil_sut import PG_ADMIN
 from bench.messages import Template, size_bytes, token
-from mailveil.delivery.transport import Result, Status
+from bench.systems import free_port, wait_for_port
+from mailveil.delivery.transport import Result, SmarthostTransport, Status, Transport
 from mailveil.delivery.worker import Deliverer, Policy
 from mailveil.domain.addresses import AddressBook, Role
 from mailveil.domain.booking import Party
@@ -82,6 +85,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=50, help="listener group-commit size")
     parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--profile", action="store_true", help="cProfile the whole run")
+    parser.add_argument("--sink", action="store_true",
+                        help="deliver over SMTP to bench.sink (else to a no-op transport)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp, database(args.database, Path(tmp)) as url:
@@ -114,7 +119,14 @@ def main() -> None:
         processor = Processor(sessions, Pipeline(
             book, voice, lambda raw: dkim.sign(raw, domain=book.domain, selector="mv",
                                                private_key=key)))
-        deliverer = Deliverer(sessions, [NullTransport()], Policy(
+        transports: list[Transport] = [NullTransport()]
+        if args.sink:
+            port = free_port()
+            sink = subprocess.Popen([sys.executable, "-m", "bench.sink", str(port)],
+                                    stdout=subprocess.DEVNULL)
+            wait_for_port(port)
+            transports = [SmarthostTransport("127.0.0.1", port) for _ in range(4)]
+        deliverer = Deliverer(sessions, transports, Policy(
             timedelta(minutes=1), timedelta(hours=1), timedelta(days=5)), processor.give_up)
 
         profiler = cProfile.Profile() if args.profile else None
@@ -134,8 +146,13 @@ def main() -> None:
                 pass
 
         def deliver() -> None:
-            while asyncio.run(deliverer.run_once(lambda: datetime.now(UTC))):
-                pass
+            async def all_of_them() -> None:
+                while await deliverer.run_once(lambda: datetime.now(UTC)):
+                    pass
+                for t in transports:
+                    await t.close()
+
+            asyncio.run(all_of_them())
 
         n = args.messages
         _, lookup_ms = cpu_ms(lookups)
@@ -144,12 +161,15 @@ def main() -> None:
         _, deliver_ms = cpu_ms(deliver)
         if profiler:
             profiler.disable()
+        if args.sink:
+            sink.terminate()
         looked_up = min(len(envelopes), n)
         print(f"{n} x {args.size} on {url.split(':')[0]}: CPU ms per message")
         print(f"  RCPT lookup {lookup_ms / looked_up:6.2f}")
         print(f"  store       {store_ms / n:6.2f}   (group commits of {args.batch})")
         print(f"  process     {process_ms / n:6.2f}")
-        print(f"  deliver     {deliver_ms / n:6.2f}   (transport costs nothing)")
+        print(f"  deliver     {deliver_ms / n:6.2f}   "
+              f"({'to bench.sink over SMTP' if args.sink else 'transport costs nothing'})")
         total = lookup_ms / looked_up + (store_ms + process_ms + deliver_ms) / n
         print(f"  total       {total:6.2f}")
         if profiler:
