@@ -24,6 +24,7 @@ from mailveil.config import Settings
 from mailveil.delivery.transport import CaptureTransport, SmarthostTransport, Transport
 from mailveil.delivery.worker import Deliverer, Policy
 from mailveil.domain.addresses import AddressBook
+from mailveil.doorbell import Doorbell
 from mailveil.mail import dkim
 from mailveil.mail.authenticity import check
 from mailveil.mail.banner import BOX_STYLE
@@ -39,7 +40,9 @@ from mailveil.web.api import ApiContext, create_app
 
 log = logging.getLogger(__name__)
 
-IDLE_POLL_SECONDS = 0.1  # a worker in another process than the listener is not woken
+# New mail rings the doorbell; polling finds what comes due (retries, expired leases) and
+# what a listener on another host accepted.
+IDLE_POLL_SECONDS = 0.5
 SMTP_DRAIN_SECONDS = 10.0  # for the messages being received when asked to stop
 DATABASE_RETRY_SECONDS = 1.0
 PURGE_EVERY = timedelta(hours=1)
@@ -112,21 +115,22 @@ class Runtime:
     settings: Settings
     sessions: sessionmaker[Session]
     stopping: asyncio.Event
-    wake: asyncio.Event
+    doorbell: Doorbell
 
 
 def open_runtime(settings: Settings) -> Runtime:
     url = settings.resolved_database_url
     migrate(url)
     engine = make_engine(url)
-    return Runtime(settings, session_factory(engine), asyncio.Event(), asyncio.Event())
+    return Runtime(settings, session_factory(engine), asyncio.Event(),
+                   Doorbell(settings.data_dir))
 
 
 async def run_smtp(rt: Runtime) -> None:
     s = rt.settings
     backend = StoreBackend(rt.sessions, address_book(s))
     authenticate = functools.partial(check, resolver=make_resolver(s.dns))
-    handler = listener.RelayHandler(backend, scanner(s), authenticate, on_accept=rt.wake.set)
+    handler = listener.RelayHandler(backend, scanner(s), authenticate, on_accept=rt.doorbell.ring)
     connections = protocol.ConnectionLimit(s.smtp_max_connections)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
@@ -168,6 +172,7 @@ async def run_worker(rt: Runtime) -> None:
     delivery_due = asyncio.Event()
 
     next_purge = now()
+    new_mail = asyncio.Event()
 
     async def process() -> int:
         nonlocal next_purge
@@ -180,10 +185,14 @@ async def run_worker(rt: Runtime) -> None:
         return done
 
     try:
-        # Processing and delivery overlap: one waits on the database or a socket while the
-        # other computes, and a slow smarthost never holds back the processing of new mail.
-        await asyncio.gather(_loop(rt, process, rt.wake),
-                             _loop(rt, lambda: deliverer.run_once(now), delivery_due))
+        with rt.doorbell.listening(new_mail) as hearing:
+            if not hearing:
+                log.warning("worker: every doorbell slot is taken; new mail is found by "
+                            "polling every %s s", IDLE_POLL_SECONDS)
+            # Processing and delivery overlap: one waits on the database or a socket while
+            # the other computes, and a slow smarthost never holds back new mail.
+            await asyncio.gather(_loop(rt, process, new_mail),
+                                 _loop(rt, lambda: deliverer.run_once(now), delivery_due))
     finally:
         for t in transports:
             await t.close()

@@ -94,6 +94,7 @@ class Processor:
         """Process one batch; returns how many messages were taken."""
         with self._sessions() as s, s.begin():
             claimed = repo.claim_inbound(s, limit=self._p.batch, now=now, lease=self._p.lease)
+            bookings = repo.bookings_by_tokens(s, self._tokens(claimed))
         results: list[Result] = []
         read: list[tuple[repo.Claimed, MessageFacts]] = []
         for message in claimed:
@@ -101,10 +102,8 @@ class Processor:
                 read.append((message, facts(message.raw)))
             except Exception as exc:
                 results.append(self._failed(message, exc))
-        if read:
-            with self._sessions() as s, s.begin():
-                known = self._known(s, read)
-            results += [self._process(message, info, known, now) for message, info in read]
+        known = Known(bookings, self._pairs(bookings, read))
+        results += [self._process(message, info, known, now) for message, info in read]
         if not results:
             return 0
         try:
@@ -118,15 +117,21 @@ class Processor:
                 self._record_alone(result, now)
         return len(claimed)
 
-    def _known(self, s: Session, read: list[tuple[repo.Claimed, MessageFacts]]) -> Known:
-        wanted = [(parsed.role, parsed.token) for message, _ in read
-                  for address in message.rcpt_to
-                  if (parsed := self._p.book.parse(address)) is not None
-                  and parsed.role is not None]
-        bookings = repo.bookings_by_tokens(s, wanted)
+    def _tokens(self, claimed: list[repo.Claimed]) -> list[tuple[Role, str]]:
+        """The relay addresses the batch was sent to; bounce addresses have no booking."""
+        return [(parsed.role, parsed.token) for message in claimed
+                for address in message.rcpt_to
+                if (parsed := self._p.book.parse(address)) is not None
+                and parsed.role is not None]
+
+    def _pairs(self, bookings: dict[tuple[Role, str], repo.StoredBooking],
+               read: list[tuple[repo.Claimed, MessageFacts]]) -> defaultdict[int, list[IdPair]]:
+        """The threading ids the batch's replies refer to; no query for a batch of none."""
         references = {one for _, info in read for one in (*info.in_reply_to, *info.references)}
-        pairs = repo.id_pairs(s, {b.id for b in bookings.values()}, references)
-        return Known(bookings, pairs)
+        if not references or not bookings:
+            return defaultdict(list)
+        with self._sessions() as s, s.begin():
+            return repo.id_pairs(s, {b.id for b in bookings.values()}, references)
 
     def _process(self, message: repo.Claimed, info: MessageFacts, known: Known,
                  now: datetime) -> Result:
