@@ -1,7 +1,12 @@
+import string
+
 import pytest
+from aiosmtpd.smtp import SMTP
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailveil.smtp import replies
-from mailveil.smtp.protocol import content_fault
+from mailveil.smtp.protocol import ConnectionLimit, RelaySMTP, content_fault
 
 
 @pytest.mark.parametrize("raw", [
@@ -22,3 +27,43 @@ def test_clean_data(raw: bytes) -> None:
 ])
 def test_bare_line_ends_and_nul_are_refused(raw: bytes, reply: str) -> None:
     assert content_fault(raw) == reply
+
+
+ATOM = st.text(alphabet=string.ascii_letters + string.digits + "!#$%&'*+/=?^_`{|}~-.\"@",
+               min_size=1, max_size=12)
+HOST = st.text(alphabet=string.ascii_letters + string.digits + "-.[]", min_size=1, max_size=12)
+REST = st.text(alphabet=string.ascii_letters + string.digits + " \t=()<>-", max_size=16)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.sampled_from(["", " ", "\t", "  "]), ATOM, HOST, REST)
+def test_plain_paths_read_as_aiosmtpd_reads_them(lead: str, local: str, host: str,
+                                                 rest: str) -> None:
+    assert_read_as_aiosmtpd_reads(f"{lead}<{local}@{host}>{rest}")
+
+
+@pytest.mark.parametrize("arg", ["<ann@example.org>", "<ann.lee+x@mx.example.org> SIZE=9",
+                                 "<a@b>(comment) SIZE=1", "<a@b> (c)", "<a..b@c>",
+                                 "<ann@example.org>\tBODY=8BITMIME  "])
+def test_plain_path_examples(arg: str) -> None:
+    assert_read_as_aiosmtpd_reads(arg)
+
+
+def test_a_path_that_breaks_the_stdlib_parser_is_a_syntax_error() -> None:
+    session = RelaySMTP(object(), connections=ConnectionLimit(1), hostname="mx.example")
+    with pytest.raises(AttributeError):
+        SMTP._getaddr(session, "<0@[>")
+    assert session._getaddr("<0@[>") == (None, None)
+
+
+def assert_read_as_aiosmtpd_reads(arg: str) -> None:
+    """Same address and parameters; where aiosmtpd's parser raises or its address holds a
+    control character, a syntax error."""
+    session = RelaySMTP(object(), connections=ConnectionLimit(1), hostname="mx.example")
+    try:
+        expected = SMTP._getaddr(session, arg)
+    except Exception:
+        expected = (None, None)
+    if expected[0] and any(ord(c) < 32 or ord(c) == 127 for c in expected[0]):
+        expected = (None, None)
+    assert session._getaddr(arg) == expected
