@@ -49,8 +49,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "--quick: 20); the load is spread over them")
     p.add_argument("--rate", type=float, default=0.0, help="offered load in msg/s (open loop, "
                    "for latency below saturation); 0 = as fast as the system answers")
-    p.add_argument("--topology", default="serve",
-                   help="mailveil processes: serve | split | split:W (W workers)")
+    p.add_argument("--topology", default="split",
+                   help="mailveil processes: split (smtp + worker + web, what an operator "
+                   "runs on a multi-core host) | split:W (W workers) | serve (one process)")
     p.add_argument("--generator", choices=("python", "smtp-source"), default="python",
                    help="python: a token per message, latencies; smtp-source: cheaper, "
                    "throughput only, one process per booking (up to 8)")
