@@ -73,12 +73,12 @@ def _recipients(root: Entity) -> list[str]:
     for one in root.fields:
         if one.key not in ("to", "cc"):
             continue
-        addresses = getattr(one.parsed, "addresses", None)
-        if addresses is None:
+        mailboxes = one.mailboxes
+        if mailboxes is None:
             found.extend(_ADDR_SPEC.findall(one.decoded))
         else:
-            for address in addresses:
-                found.extend(_ADDR_SPEC.findall(address.addr_spec))
+            for mailbox in mailboxes:
+                found.extend(_ADDR_SPEC.findall(mailbox.addr_spec))
     return list(dict.fromkeys(address.lower() for address in found))
 
 
@@ -100,5 +100,5 @@ def _first_token(found: Field) -> str:
 
 
 def _display_name(found: Field | None) -> str:
-    addresses = getattr(found.parsed, "addresses", ()) if found else ()
-    return str(addresses[0].display_name) if addresses else ""
+    mailboxes = found.mailboxes if found else None
+    return mailboxes[0].display_name if mailboxes else ""

@@ -41,7 +41,17 @@ from dataclasses import dataclass, field, replace
 from email.headerregistry import Address
 from email.utils import formatdate, quote
 
-from mailveil.mail.mime import Entity, Field, Part, body_bytes, fold, parse, payload, serialize
+from mailveil.mail.mime import (
+    Entity,
+    Field,
+    Part,
+    body_bytes,
+    fold,
+    is_plain_addr_spec,
+    parse,
+    payload,
+    serialize,
+)
 from mailveil.mail.scrub import may_name_address, scrub_bytes, scrub_filename, scrub_text
 
 KEPT_HEADERS = frozenset(
@@ -81,6 +91,8 @@ _FILE_NAMES = frozenset({"name", "filename"})
 _RFC2231_VALUE = re.compile(r"\*\s*=")
 """``filename*=utf-8''…`` or a continuation: may spell "%40" only once put together."""
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+_SPECIALS = frozenset('()<>@,:;."[]\\')
+"""What makes the stdlib quote a display name (``email._header_value_parser.SPECIALS``)."""
 _BODY_TAG = re.compile(r"<body\b[^>]*>", re.IGNORECASE)
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _LINE_END = re.compile(rb"\r?\n")
@@ -126,8 +138,8 @@ def _header_block(root: Entity, plan: RewritePlan) -> bytes:
         else:
             kept[found.key] = _LINE_END.sub(b"\r\n", found.raw.rstrip(b"\r\n")) + b"\r\n"
     new = [
-        ("From", str(Address(_clean(plan.from_name), addr_spec=_clean(plan.from_address)))),
-        ("To", str(Address(_clean(plan.to_name), addr_spec=_clean(plan.to_address)))),
+        ("From", _mailbox(_clean(plan.from_name), _clean(plan.from_address))),
+        ("To", _mailbox(_clean(plan.to_name), _clean(plan.to_address))),
         ("Date", "" if "date" in kept else formatdate(usegmt=True)),
         ("Message-ID", _ids((plan.message_id,))),
         ("In-Reply-To", _ids(plan.in_reply_to)),
@@ -152,7 +164,7 @@ def _scrubbed_value(found: Field, replacements: Mapping[str, str], *, boundary: 
     ):
         return None
     if found.key in _PARAMETERIZED and (params := _params(found)):
-        main = getattr(found.parsed, found.key.replace("-", "_"), None)  # the type, the disposition
+        main = found.mime.value  # the type, the disposition
         scrubbed = {
             k: (scrub_filename if k in _FILE_NAMES else scrub_text)(v, replacements)
             for k, v in params.items()
@@ -178,6 +190,16 @@ def _has_boundary(entity: Entity) -> bool:
 def _clean(value: str) -> str:
     """Control characters (caller data, CR LF from encoded words) would inject headers."""
     return _CONTROL.sub(" ", value).strip()
+
+
+def _mailbox(name: str, address: str) -> str:
+    """``str(Address(name, addr_spec=address))``, which parses the address (0.3 ms): a plain
+    one is written as the stdlib would, the name quoted if it holds a special."""
+    if not is_plain_addr_spec(address) or "\r" in name or "\n" in name:
+        return str(Address(name, addr_spec=address))
+    if not _SPECIALS.isdisjoint(name):
+        name = f'"{quote(name)}"'
+    return f"{name} <{address}>" if name else address
 
 
 def _ids(ids: tuple[str, ...]) -> str:
@@ -309,7 +331,7 @@ def _with_charset(entity: Entity, charset: str) -> str:
 
 
 def _params(found: Field) -> dict[str, str]:
-    return {k: str(v) for k, v in getattr(found.parsed, "params", {}).items()}
+    return dict(found.mime.params)
 
 
 def _with_params(main: str, params: Mapping[str, str]) -> str:
