@@ -100,11 +100,11 @@ class Field:
     name: str
     raw: bytes
 
-    @property
+    @cached_property
     def key(self) -> str:
         return self.name.lower()
 
-    @property
+    @cached_property
     def text(self) -> str:
         """The unfolded value, RFC 2047 words still encoded; 8-bit bytes read as UTF-8."""
         value = self.raw[self.raw.index(b":") + 1 :]
@@ -224,8 +224,12 @@ class Entity:
         return junk.end() if junk else 0
 
     def get(self, name: str) -> Field | None:
-        key = name.lower()
-        return next((f for f in self.fields if f.key == key), None)
+        """The first field of that name (rules and rewriting ask dozens of times a message)."""
+        return self._first.get(name.lower())
+
+    @cached_property
+    def _first(self) -> dict[str, Field]:
+        return {f.key: f for f in reversed(self.fields)}
 
     @property
     def content_type(self) -> str:

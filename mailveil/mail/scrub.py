@@ -57,7 +57,16 @@ def _scrub(text: str, replacements: Mapping[str, str], *, in_file_name: bool) ->
     pairs = _pairs(replacements)
     if not pairs:
         return text
-    swap = _swapper(pairs, in_file_name)
+    locals_ = {real.rpartition("@")[0].casefold() for real, _ in pairs}
+
+    def swap(part: str) -> str:
+        # Most text names nobody: a substring test spares building the pattern, which
+        # costs most of a millisecond for a conversation not seen recently.
+        folded = part.casefold()
+        if not any(local in folded for local in locals_):
+            return part
+        return _swapper(pairs, in_file_name)(part)
+
     return swap(_ENCODED_RUN.sub(lambda m: _scrub_encoded(m.group(0), swap), text))
 
 
@@ -67,7 +76,7 @@ def _pairs(replacements: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((real, relay) for real, relay in usable if "@" in real and "@" in relay))
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=1024)
 def _swapper(pairs: tuple[tuple[str, str], ...], in_file_name: bool) -> Callable[[str], str]:
     """One compiled pattern per replacement set; the named group tells which address hit."""
     alternatives = []
