@@ -23,6 +23,7 @@ class Received:
     mail_from: str
     rcpt_tos: tuple[str, ...]
     data: bytes
+    mail_options: tuple[str, ...] = ()
 
 
 @dataclass
@@ -48,7 +49,8 @@ class Sink:
         with self._cond:
             sender = "" if envelope.mail_from in (None, "<>") else envelope.mail_from
             self.messages.append(Received(sender, tuple(envelope.rcpt_tos),
-                                          envelope.original_content))
+                                          envelope.original_content,
+                                          tuple(envelope.mail_options)))
             self._cond.notify_all()
         return "250 2.0.0 OK stored"
 
@@ -69,10 +71,10 @@ class Sink:
 
     @classmethod
     @contextmanager
-    def running(cls) -> Iterator[Sink]:
+    def running(cls, *, smtputf8: bool = False) -> Iterator[Sink]:
         sink = cls(port=free_port())
         controller = Controller(sink, hostname="127.0.0.1", port=sink.port,
-                                data_size_limit=64 * 1024 * 1024)
+                                data_size_limit=64 * 1024 * 1024, enable_SMTPUTF8=smtputf8)
         controller.start()
         try:
             yield sink
