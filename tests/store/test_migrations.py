@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, text
 
 from mailveil.store.db import alembic_config, make_engine, migrate
 from mailveil.store.models import Base, InboundRow
@@ -41,3 +41,18 @@ def test_compressed_rows_of_before_0002_are_decompressed(database_url: str) -> N
     with engine.connect() as conn:
         assert zlib.decompress(conn.scalar(select(InboundRow.raw)) or b"") == raw
     engine.dispose()
+
+
+def test_raw_columns_are_not_compressed_by_postgresql(database_url: str) -> None:
+    migrate(database_url)
+    if not database_url.startswith("postgresql"):
+        return  # SQLite stores blobs as given
+    engine = make_engine(database_url)
+    with engine.connect() as conn:
+        storage = conn.execute(text(
+            "SELECT c.relname, a.attstorage FROM pg_attribute a "
+            "JOIN pg_class c ON c.oid = a.attrelid WHERE a.attname = 'raw' "
+            "AND c.relname IN ('inbound_messages', 'outbound_messages', 'quarantine')")).all()
+    engine.dispose()
+    assert sorted(storage) == [("inbound_messages", "e"), ("outbound_messages", "e"),
+                               ("quarantine", "e")]
