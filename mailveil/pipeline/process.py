@@ -1,9 +1,10 @@
 """The processing runner: takes a batch of accepted messages from the store, applies the
 rules, and writes the batch's archive entries and outbox rows in one transaction.
 
-A batch is three steps: claim (one short transaction that also reads the bookings and
-threading ids the batch needs), decide and compose (no database: rules, rewriting, DKIM),
-record (one short transaction, a statement per table). Per-message transactions cost more
+A batch is three steps: claim (one short transaction that also reads the batch's bookings;
+the threading ids its replies refer to are read next, when there are replies), decide and
+compose (no database: rules, rewriting, DKIM), record (one short transaction, a statement
+per table). Per-message transactions cost more
 than the messages' own work did.
 
 A message whose processing raises is marked ``failed`` with the error and an archive entry,
@@ -61,7 +62,7 @@ class Pipeline:
 
 @dataclass
 class Known:
-    """What the store knows that a batch needs: read once, in the claim's transaction."""
+    """What the store knows that a batch needs, read once for the whole batch."""
 
     bookings: dict[tuple[Role, str], repo.StoredBooking]
     pairs: defaultdict[int, list[IdPair]]
