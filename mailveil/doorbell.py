@@ -18,10 +18,14 @@ import asyncio
 import contextlib
 import hashlib
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 SLOTS = 16
+RECHECK_SECONDS = 1.0
+"""How long a slot nobody listened on is skipped: a ring costs a system call per slot tried,
+and a worker that starts meanwhile polls anyway."""
 
 
 def _name(directory: Path, slot: int) -> bytes:
@@ -32,16 +36,22 @@ def _name(directory: Path, slot: int) -> bytes:
 class Doorbell:
     def __init__(self, directory: Path) -> None:
         self._names = [_name(directory, slot) for slot in range(SLOTS)]
+        self._vacant_until = [0.0] * SLOTS
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.setblocking(False)
 
     def ring(self) -> None:
         """Tell every listening worker; never blocks and never fails."""
-        for name in self._names:
-            # Nobody there, or a worker that has not read its last ring yet: either way
-            # there is nothing more to say.
-            with contextlib.suppress(OSError):
+        now = time.monotonic()
+        for slot, name in enumerate(self._names):
+            if self._vacant_until[slot] > now:
+                continue
+            try:
                 self._sock.sendto(b"!", name)
+            except BlockingIOError:
+                pass  # the worker has not read its last ring yet: it will look anyway
+            except OSError:
+                self._vacant_until[slot] = now + RECHECK_SECONDS
 
     @contextlib.contextmanager
     def listening(self, heard: asyncio.Event) -> Iterator[bool]:

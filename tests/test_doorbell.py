@@ -45,3 +45,23 @@ def test_a_worker_past_the_slots_is_told(tmp_path: Path, monkeypatch: pytest.Mon
         bell.close()
 
     asyncio.run(run())
+
+
+def test_a_vacant_slot_is_tried_again_after_a_while(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(doorbell, "RECHECK_SECONDS", 0.2)
+
+    async def run() -> None:
+        bell = Doorbell(tmp_path)
+        bell.ring()  # nobody listens: every slot is skipped for a while
+        heard = asyncio.Event()
+        with bell.listening(heard):
+            bell.ring()
+            await asyncio.sleep(0.05)
+            assert not heard.is_set()
+            await asyncio.sleep(0.2)
+            bell.ring()
+            await asyncio.wait_for(heard.wait(), 2)
+        bell.close()
+
+    asyncio.run(run())
