@@ -82,7 +82,9 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--size", default="2k")
     parser.add_argument("--bookings", type=int, default=100)
-    parser.add_argument("--batch", type=int, default=50, help="listener group-commit size")
+    parser.add_argument("--batch", type=int, default=50,
+                        help="messages per listener group commit and per worker batch "
+                        "(1-2 is what a lightly loaded relay sees)")
     parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--profile", action="store_true", help="cProfile the whole run")
     parser.add_argument("--sink", action="store_true",
@@ -118,7 +120,7 @@ def main() -> None:
         voice = Voice("Marketplace", "{name} via {platform}", True, timedelta(days=7), "")
         processor = Processor(sessions, Pipeline(
             book, voice, lambda raw: dkim.sign(raw, domain=book.domain, selector="mv",
-                                               private_key=key)))
+                                               private_key=key), batch=args.batch))
         transports: list[Transport] = [NullTransport()]
         if args.sink:
             port = free_port()
@@ -127,7 +129,8 @@ def main() -> None:
             wait_for_port(port)
             transports = [SmarthostTransport("127.0.0.1", port) for _ in range(4)]
         deliverer = Deliverer(sessions, transports, Policy(
-            timedelta(minutes=1), timedelta(hours=1), timedelta(days=5)), processor.give_up)
+            timedelta(minutes=1), timedelta(hours=1), timedelta(days=5), batch=args.batch),
+            processor.give_up)
 
         profiler = cProfile.Profile() if args.profile else None
         if profiler:

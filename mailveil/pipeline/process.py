@@ -217,18 +217,17 @@ class Processor:
                           self._p.book)
 
     def _record(self, s: Session, results: list[Result], now: datetime) -> None:
-        mine = repo.still_received(s, [r.message.id for r in results])
+        mine = repo.mark_processed(s, [r.message.id for r in results if r.error is None], now)
+        mine |= {r.message.id for r in results if r.error is not None
+                 and repo.mark_failed(s, r.message.id, r.error, now)}
         # The others: our lease ran out and another worker did them meanwhile.
         results = [r for r in results if r.message.id in mine]
         for result in results:
             for token in result.bounces:
                 self._record_bounce(s, result.message, token, now)
-            if result.error is not None:
-                repo.mark_failed(s, result.message.id, result.error, now)
         repo.add_archive_entries(s, [e for r in results for e in r.archive], now)
         repo.add_id_pairs(s, [p for r in results for p in r.pairs])
         repo.queue_outbounds(s, [o for r in results for o in r.outbound], now)
-        repo.mark_processed(s, [r.message.id for r in results if r.error is None], now)
         for entry in (e for r in results for e in r.archive):
             DECIDED.labels(outcome=entry.outcome).inc()
 

@@ -35,6 +35,7 @@ class StoreBackend:
         listener answer 250 to any of them."""
         now = datetime.now(UTC)
         with self._sessions() as s, s.begin():
-            return [repo.store_inbound(s, mail_from=m.mail_from, rcpt_to=m.rcpt_to, raw=m.raw,
-                                       scan=m.scan, now=now) for m in messages]
+            return repo.store_inbounds(
+                s, [repo.NewInbound(m.mail_from, m.rcpt_to, m.raw, m.scan) for m in messages],
+                now)
 

@@ -3,6 +3,8 @@ to the caller, so one unit of work (archive entry + outbox row) is one transacti
 
 The hot paths (claiming, recording a batch's outcomes) work on whole batches with one
 statement each: per-message statements were most of a worker's time (docs/performance.md).
+Their statements are built once, with bind parameters: building one costs SQLAlchemy more
+than SQLite takes to run it, and a lightly loaded worker runs a round per message or two.
 """
 
 from __future__ import annotations
@@ -99,12 +101,13 @@ _BOOKING = (BookingRow.id, BookingRow.reference, SupplierRow.name, SupplierRow.e
             BookingRow.status, BookingRow.cancelled_at, BookingRow.customer_token,
             BookingRow.supplier_token)
 _BOOKINGS = select(*_BOOKING).join(SupplierRow, SupplierRow.id == BookingRow.supplier_id)
-# Built once: the listener asks this for every RCPT, and building a statement costs more
-# than SQLite takes to answer it.
 _BY_TOKEN = {
     Role.CUSTOMER: _BOOKINGS.where(BookingRow.customer_token == bindparam("token")),
     Role.SUPPLIER: _BOOKINGS.where(BookingRow.supplier_token == bindparam("token")),
 }
+_BY_TOKENS = _BOOKINGS.where(or_(
+    BookingRow.customer_token.in_(bindparam("customer", expanding=True)),
+    BookingRow.supplier_token.in_(bindparam("supplier", expanding=True))))
 
 
 def _stored_booking(row: Sequence[Any]) -> StoredBooking:
@@ -133,8 +136,8 @@ def bookings_by_tokens(s: Session, wanted: Iterable[tuple[Role, str]]
         tokens[role].add(token)
     if not any(tokens.values()):
         return {}
-    rows = s.execute(_BOOKINGS.where(or_(BookingRow.customer_token.in_(tokens[Role.CUSTOMER]),
-                                         BookingRow.supplier_token.in_(tokens[Role.SUPPLIER]))))
+    rows = s.execute(_BY_TOKENS, {"customer": list(tokens[Role.CUSTOMER]),
+                                  "supplier": list(tokens[Role.SUPPLIER])})
     found: dict[tuple[Role, str], StoredBooking] = {}
     for row in rows:
         stored = _stored_booking(row)
@@ -159,20 +162,46 @@ def header_block(raw: bytes) -> bytes:
     return raw[: min(ends)] if ends else raw
 
 
+@dataclass(frozen=True)
+class NewInbound:
+    mail_from: str
+    rcpt_to: Sequence[str]
+    raw: bytes
+    scan: str  # "clean", "not scanned" or "infected: <names>"
+
+
+_INSERT_INBOUND = insert(InboundRow).returning(InboundRow.id, sort_by_parameter_order=True)
+_INSERT_QUARANTINE = insert(QuarantineRow)
+
+
+def store_inbounds(s: Session, messages: Sequence[NewInbound], now: datetime) -> list[int]:
+    """Store accepted messages, one statement for all; their ids in the same order. An
+    infected one goes to quarantine whole; the archive keeps only its headers, enough to
+    explain the refusal to its sender."""
+    if not messages:
+        return []
+    kept = [header_block(m.raw) if _infected(m) else m.raw for m in messages]
+    db = s.connection()
+    ids = list(db.scalars(_INSERT_INBOUND, [
+        {"received_at": now, "mail_from": m.mail_from, "rcpt_to": list(m.rcpt_to), "raw": raw,
+         "sha256": sha256_of(raw), "size": len(m.raw), "state": "received", "scan": m.scan}
+        for m, raw in zip(messages, kept, strict=True)]))
+    infected = [{"inbound_id": inbound_id, "raw": m.raw, "sha256": sha256_of(m.raw),
+                 "findings": m.scan, "created_at": now}
+                for m, inbound_id in zip(messages, ids, strict=True) if _infected(m)]
+    if infected:
+        db.execute(_INSERT_QUARANTINE, infected)
+    return ids
+
+
 def store_inbound(s: Session, *, mail_from: str, rcpt_to: Sequence[str], raw: bytes,
                   scan: str, now: datetime) -> int:
-    """Store an accepted message. An infected one goes to quarantine whole; the archive
-    keeps only its headers, enough to explain the refusal to its sender."""
-    infected = scan.startswith("infected")
-    kept = header_block(raw) if infected else raw
-    row = InboundRow(received_at=now, mail_from=mail_from, rcpt_to=list(rcpt_to), raw=kept,
-                     sha256=sha256_of(kept), size=len(raw), state="received", scan=scan)
-    s.add(row)
-    s.flush()
-    if infected:
-        s.add(QuarantineRow(inbound_id=row.id, raw=raw, sha256=sha256_of(raw), findings=scan,
-                            created_at=now))
-    return row.id
+    [inbound_id] = store_inbounds(s, [NewInbound(mail_from, rcpt_to, raw, scan)], now)
+    return inbound_id
+
+
+def _infected(message: NewInbound) -> bool:
+    return message.scan.startswith("infected")
 
 
 @dataclass(frozen=True)
@@ -186,22 +215,26 @@ class Claimed:
     scan: str
 
 
+_DUE_INBOUND = select(InboundRow.id, InboundRow.size).where(
+    InboundRow.state == "received",
+    or_(InboundRow.lease_until.is_(None), InboundRow.lease_until < bindparam("now")),
+).order_by(InboundRow.id).limit(bindparam("limit")).with_for_update(skip_locked=True)
+_LEASE_INBOUND = (update(InboundRow).where(InboundRow.id.in_(bindparam("ids", expanding=True)))
+                  .values(lease_until=bindparam("until"))
+                  .returning(InboundRow.id, InboundRow.mail_from, InboundRow.rcpt_to,
+                             InboundRow.raw, InboundRow.scan))
+
+
 def claim_inbound(s: Session, *, limit: int, now: datetime, lease: timedelta) -> list[Claimed]:
     """Take received messages for processing, at most ``limit`` and about
     :data:`BATCH_BYTES`; a crashed worker's lease runs out and another worker picks them up
     again (``SKIP LOCKED`` keeps live workers apart on PostgreSQL)."""
-    due = s.execute(select(InboundRow.id, InboundRow.size).where(
-        InboundRow.state == "received",
-        or_(InboundRow.lease_until.is_(None), InboundRow.lease_until < now),
-    ).order_by(InboundRow.id).limit(limit).with_for_update(skip_locked=True)).all()
-    ids = _within_budget(due)
+    db = s.connection()
+    ids = _within_budget(db.execute(_DUE_INBOUND, {"now": now, "limit": limit}).all())
     if not ids:
         return []
-    s.execute(update(InboundRow).where(InboundRow.id.in_(ids)).values(lease_until=now + lease))
-    rows = s.execute(select(InboundRow.id, InboundRow.mail_from, InboundRow.rcpt_to,
-                            InboundRow.raw, InboundRow.scan)
-                     .where(InboundRow.id.in_(ids)).order_by(InboundRow.id)).all()
-    return [Claimed(*row) for row in rows]
+    leased = db.execute(_LEASE_INBOUND, {"ids": ids, "until": now + lease}).all()
+    return sorted((Claimed(*row) for row in leased), key=lambda c: c.id)
 
 
 BATCH_BYTES = 2 * 1024 * 1024
@@ -222,22 +255,30 @@ def _within_budget(due: Sequence[tuple[int, int]]) -> list[int]:
     return ids
 
 
-def still_received(s: Session, ids: Collection[int]) -> set[int]:
-    """Which of ``ids`` nobody processed meanwhile (a lease can run out), locked till commit."""
-    return set(s.scalars(select(InboundRow.id).where(
-        InboundRow.id.in_(ids), InboundRow.state == "received").with_for_update()))
+_PROCESSED = (update(InboundRow).where(InboundRow.id.in_(bindparam("ids", expanding=True)),
+                                       InboundRow.state == "received")
+              .values(state="processed", processed_at=bindparam("now"), lease_until=None)
+              .returning(InboundRow.id))
+_FAILED = (update(InboundRow).where(InboundRow.id == bindparam("inbound_id"),
+                                    InboundRow.state == "received")
+           .values(state="failed", error=bindparam("why"), processed_at=bindparam("now"),
+                   lease_until=None)
+           .returning(InboundRow.id))
 
 
-def mark_processed(s: Session, ids: Collection[int], now: datetime) -> None:
-    if ids:
-        s.execute(update(InboundRow).where(InboundRow.id.in_(ids))
-                  .values(state="processed", processed_at=now, lease_until=None))
+def mark_processed(s: Session, ids: Collection[int], now: datetime) -> set[int]:
+    """Finish those of ``ids`` nobody finished meanwhile (a lease can run out), and return
+    them: only their outcomes may be recorded."""
+    if not ids:
+        return set()
+    return set(s.connection().scalars(_PROCESSED, {"ids": list(ids), "now": now}))
 
 
-def mark_failed(s: Session, inbound_id: int, error: str, now: datetime) -> None:
-    """Parked for a human: ``mailveil`` never drops what it answered 250 for."""
-    s.execute(update(InboundRow).where(InboundRow.id == inbound_id)
-              .values(state="failed", error=error[:2000], processed_at=now, lease_until=None))
+def mark_failed(s: Session, inbound_id: int, error: str, now: datetime) -> bool:
+    """Park a message for a human (``mailveil`` never drops what it answered 250 for);
+    False when another worker finished it meanwhile."""
+    return s.connection().scalar(
+        _FAILED, {"inbound_id": inbound_id, "why": error[:2000], "now": now}) is not None
 
 
 @dataclass(frozen=True)
@@ -250,9 +291,15 @@ class ArchiveEntry:
     detail: str
 
 
+_INSERT_ARCHIVE = insert(ArchiveEntryRow)
+_INSERT_OUTBOUND = insert(OutboundRow)
+_INSERT_ATTEMPT = insert(AttemptRow)
+_INSERT_ID_PAIR = insert(MessageIdRow)
+
+
 def add_archive_entries(s: Session, entries: Sequence[ArchiveEntry], now: datetime) -> None:
     if entries:
-        s.execute(insert(ArchiveEntryRow), [_archive_values(e, now) for e in entries])
+        s.connection().execute(_INSERT_ARCHIVE, [_archive_values(e, now) for e in entries])
 
 
 def add_archive_entry(s: Session, entry: ArchiveEntry, now: datetime) -> None:
@@ -293,7 +340,7 @@ def queue_outbound(s: Session, msg: NewOutbound, now: datetime) -> int:
 
 def queue_outbounds(s: Session, messages: Sequence[NewOutbound], now: datetime) -> None:
     if messages:
-        s.execute(insert(OutboundRow), [_outbound_values(m, now) for m in messages])
+        s.connection().execute(_INSERT_OUTBOUND, [_outbound_values(m, now) for m in messages])
 
 
 def _outbound_values(msg: NewOutbound, now: datetime) -> dict[str, Any]:
@@ -315,23 +362,32 @@ class Due:
     raw: bytes
 
 
+_DUE_OUTBOUND = select(OutboundRow.id, func.length(OutboundRow.raw)).where(
+    OutboundRow.state == "queued",
+    OutboundRow.next_attempt_at <= bindparam("now"),
+    or_(OutboundRow.lease_until.is_(None), OutboundRow.lease_until < bindparam("now")),
+).order_by(OutboundRow.next_attempt_at).limit(bindparam("limit")).with_for_update(
+    skip_locked=True)
+_LEASE_OUTBOUND = (update(OutboundRow).where(OutboundRow.id.in_(bindparam("ids", expanding=True)))
+                   .values(lease_until=bindparam("until"))
+                   .returning(OutboundRow.id, OutboundRow.mail_from, OutboundRow.rcpt_to,
+                              OutboundRow.raw))
+_DELIVERED = (update(OutboundRow).where(OutboundRow.id.in_(bindparam("ids", expanding=True)),
+                                        OutboundRow.state == "queued")
+              .values(state="delivered", finished_at=bindparam("now"), lease_until=None,
+                      attempts=OutboundRow.attempts + 1)
+              .returning(OutboundRow.id))
+
+
 def claim_outbound(s: Session, *, limit: int, now: datetime, lease: timedelta) -> list[Due]:
     """Lease due messages to this worker (at most ``limit``, about :data:`BATCH_BYTES`).
     ``SKIP LOCKED`` keeps two workers on PostgreSQL from taking the same rows; the lease
     keeps them apart once the transaction ends."""
-    due = s.execute(select(OutboundRow.id, func.length(OutboundRow.raw)).where(
-        OutboundRow.state == "queued",
-        OutboundRow.next_attempt_at <= now,
-        or_(OutboundRow.lease_until.is_(None), OutboundRow.lease_until < now),
-    ).order_by(OutboundRow.next_attempt_at).limit(limit)
-        .with_for_update(skip_locked=True)).all()
-    ids = _within_budget(due)
+    db = s.connection()
+    ids = _within_budget(db.execute(_DUE_OUTBOUND, {"now": now, "limit": limit}).all())
     if not ids:
         return []
-    s.execute(update(OutboundRow).where(OutboundRow.id.in_(ids)).values(lease_until=now + lease))
-    rows = s.execute(select(OutboundRow.id, OutboundRow.mail_from, OutboundRow.rcpt_to,
-                            OutboundRow.raw).where(OutboundRow.id.in_(ids))).all()
-    return [Due(*row) for row in rows]
+    return [Due(*row) for row in db.execute(_LEASE_OUTBOUND, {"ids": ids, "until": now + lease})]
 
 
 def mark_delivered(s: Session, ids: Collection[int], now: datetime) -> set[int]:
@@ -339,13 +395,7 @@ def mark_delivered(s: Session, ids: Collection[int], now: datetime) -> set[int]:
     finished by a worker whose lease had not run out)."""
     if not ids:
         return set()
-    queued = set(s.scalars(select(OutboundRow.id).where(
-        OutboundRow.id.in_(ids), OutboundRow.state == "queued").with_for_update()))
-    if queued:
-        s.execute(update(OutboundRow).where(OutboundRow.id.in_(queued)).values(
-            state="delivered", finished_at=now, lease_until=None,
-            attempts=OutboundRow.attempts + 1))
-    return queued
+    return set(s.connection().scalars(_DELIVERED, {"ids": list(ids), "now": now}))
 
 
 @dataclass(frozen=True)
@@ -358,7 +408,7 @@ class Attempt:
 
 def record_attempts(s: Session, attempts: Sequence[Attempt], now: datetime) -> None:
     if attempts:
-        s.execute(insert(AttemptRow), [
+        s.connection().execute(_INSERT_ATTEMPT, [
             {"outbound_id": a.outbound_id, "attempted_at": now, "code": a.code,
              "response": a.response[:2000], "outcome": a.outcome} for a in attempts])
 
@@ -386,7 +436,7 @@ def id_pairs(s: Session, booking_ids: Collection[int], ids: Collection[str]
 
 def add_id_pairs(s: Session, pairs: Sequence[tuple[int, IdPair]]) -> None:
     if pairs:
-        s.execute(insert(MessageIdRow), [
+        s.connection().execute(_INSERT_ID_PAIR, [
             {"booking_id": booking_id, "sender_role": p.sender_role.value,
              "original_id": p.original_id, "relayed_id": p.relayed_id}
             for booking_id, p in pairs])
