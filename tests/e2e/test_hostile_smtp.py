@@ -9,7 +9,6 @@ Starting mailveil costs seconds, so related cases share a test (and a process).
 from __future__ import annotations
 
 import smtplib
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from mailveil.smtp.listener import MAX_REFUSED_RCPTS
 from mailveil.store.models import InboundRow
 from tests.conftest import Mailveil
 from tests.support.client import CUSTOMER, archive, mail, register, send
+from tests.support.raw_smtp import RawSmtp
 from tests.support.sink import Sink
 
 TIMEOUT = 2  # MAILVEIL_SMTP_TIMEOUT of this module, seconds
@@ -44,16 +44,8 @@ def line(reply: str) -> bytes:
     return reply.encode() + b"\r\n"
 
 
-class Raw:
-    """An SMTP client that sends exactly the bytes it is given."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=15)
-        self.file = self.sock.makefile("rb")
-        self.greeting = self.reply()
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
+class Raw(RawSmtp):
+    """A raw client with the steps these tests repeat."""
 
     def send_from_thread(self, pool: ThreadPoolExecutor, data: bytes) -> None:
         """For floods: replies are read meanwhile, and the server may hang up midway."""
@@ -64,19 +56,6 @@ class Raw:
 
         pool.submit(send)
 
-    def reply(self) -> bytes:
-        """The next reply with all its lines; ``b""`` once the server has hung up."""
-        out = b""
-        with suppress(ConnectionResetError):
-            while piece := self.file.readline():
-                out += piece
-                if piece[3:4] != b"-":
-                    break
-        return out
-
-    def replies(self, count: int) -> list[bytes]:
-        return [self.reply() for _ in range(count)]
-
     def transaction(self, rcpt: str, mail_from: str = CUSTOMER) -> None:
         """EHLO, MAIL, RCPT and DATA, each answered before the next; ready for the data."""
         for command, code in ((b"EHLO client.example", b"250"),
@@ -85,10 +64,6 @@ class Raw:
             self.send(command + b"\r\n")
             got = self.reply()
             assert got.startswith(code), (command, got)
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
 
 
 @dataclass(frozen=True)

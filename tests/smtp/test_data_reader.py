@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from mailveil.smtp import replies
 from mailveil.smtp.protocol import ConnectionLimit, DataReader, drain, smtp_factory
+from tests.support.raw_smtp import RawSmtp
 
 SIZE = 100_000  # data_size_limit of the test server
 LINE = 1001  # aiosmtpd's line_length_limit, CRLF included
@@ -186,37 +187,20 @@ def server() -> Iterator[Server]:
         loop.close()
 
 
-class Client:
-    """Sends exactly the bytes it is given, each send its own TCP segment."""
+class Client(RawSmtp):
+    """A raw client past EHLO."""
 
     def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.file = self.sock.makefile("rb")
-        assert self.reply().startswith(b"220 ")
+        super().__init__(port, timeout=10)
+        assert self.greeting.startswith(b"220 ")
         self.send(b"EHLO client.example\r\n")
         assert self.reply().startswith(b"250-")
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
 
     def send_slowly(self, data: bytes, size: int) -> None:
         """``size`` bytes at a time, each read by the server before the next arrives."""
         for n in range(0, len(data), size):
             self.send(data[n:n + size])
             time.sleep(0.002)
-
-    def reply(self) -> bytes:
-        """The next reply with all its lines; ``b""`` once the server has hung up."""
-        out = b""
-        while piece := self.file.readline():
-            out += piece
-            if piece[3:4] != b"-":
-                break
-        return out
-
-    def replies(self, count: int) -> list[bytes]:
-        return [self.reply() for _ in range(count)]
 
     def start_data(self) -> None:
         self.send(MAIL)
@@ -230,8 +214,7 @@ def client(server: Server) -> Iterator[Client]:
     try:
         yield c
     finally:
-        c.sock.close()
-        c.file.close()
+        c.close()
 
 
 MESSAGE = b"Subject: hi\r\n\r\n..first\r\nsecond\r\n"

@@ -1,0 +1,35 @@
+"""An SMTP client for hostile-input tests: it sends exactly the bytes it is given (each
+``send`` its own TCP segment) and reads whole replies, so tests can speak SMTP wrongly."""
+
+from __future__ import annotations
+
+import socket
+from contextlib import suppress
+
+
+class RawSmtp:
+    def __init__(self, port: int, *, timeout: float = 15.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.file = self.sock.makefile("rb")
+        self.greeting = self.reply()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def reply(self) -> bytes:
+        """The next reply with all its lines; ``b""`` once the server has hung up."""
+        out = b""
+        with suppress(ConnectionResetError):
+            while piece := self.file.readline():
+                out += piece
+                if piece[3:4] != b"-":
+                    break
+        return out
+
+    def replies(self, count: int) -> list[bytes]:
+        return [self.reply() for _ in range(count)]
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
