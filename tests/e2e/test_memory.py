@@ -28,7 +28,7 @@ from tests.support.sink import Sink
 
 CONCURRENT = 20
 ATTACHMENT_BYTES = 19 * 512 * 1024  # 9.5 MiB
-PEAK_RSS_BOUND_MIB = 1300  # measured 742 MiB on SQLite, 867 on PostgreSQL (session 2); x1.5
+PEAK_RSS_BOUND_MIB = 1500  # measured 742-882 MiB on SQLite, 867-1021 on PostgreSQL; x1.5
 FIGURES = REPO / "bench" / "results" / "ci-figures.jsonl"
 
 
