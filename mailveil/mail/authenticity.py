@@ -33,6 +33,7 @@ from dns.asyncresolver import Resolver
 from publicsuffixlist import PublicSuffixList
 
 from mailveil.mail.lookup import DNS_TIMEOUT, TempError, domain_of, normalized, query
+from mailveil.mail.mime import header_block
 from mailveil.mail.spf import SpfResult, check_spf
 
 DkimResult = Literal["pass", "fail", "temperror"]
@@ -107,7 +108,7 @@ async def check(raw: bytes, *, client_ip: str, helo: str, mail_from: str,
     ``mail_from`` is the envelope sender, "" for the null sender (then SPF checks the HELO
     name, RFC 7208 2.4). DNS failures come back as temperror results, never as exceptions.
     """
-    from_domain = _from_domain(_head(raw))
+    from_domain = _from_domain(header_block(raw))
     mail_from_domain = domain_of(mail_from)
     spf_domain = mail_from_domain or normalized(helo)
     spf, signatures, record = await asyncio.gather(
@@ -118,13 +119,6 @@ async def check(raw: bytes, *, client_ip: str, helo: str, mail_from: str,
         dmarc=_dmarc_result(spf, spf_domain, signatures, from_domain, record),
         policy=record.policy if isinstance(record, _Dmarc) else "none",
         from_domain=from_domain, mail_from_domain=mail_from_domain)
-
-
-def _head(raw: bytes) -> bytes:
-    """The header block: a slice, where splitting or parsing the whole message would copy a
-    message of megabytes once more per session."""
-    end = raw.find(b"\r\n\r\n")
-    return raw if end < 0 else raw[:end + 4]
 
 
 def _from_domain(raw: bytes) -> str:
@@ -163,7 +157,7 @@ _Key = bytes | Literal["none", "temperror"]
 async def verify_dkim(raw: bytes, resolver: Resolver) -> tuple[tuple[str, DkimResult], ...]:
     """(d= domain, result) for each DKIM-Signature, top first, at most
     :data:`MAX_DKIM_SIGNATURES`; a message dkimpy cannot parse has none."""
-    if not re.search(rb"(?im)^dkim-signature\s*:", _head(raw)):
+    if not re.search(rb"(?im)^dkim-signature\s*:", header_block(raw)):
         return ()  # dkimpy would split the whole body into lines to find nothing
     try:
         verifier = dkim.DKIM(raw)

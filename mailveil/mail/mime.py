@@ -420,6 +420,13 @@ def _plain_mime_value(key: str, text: str) -> MimeValue | None:
     return MimeValue(main.group(0).lower(), params) if _PARAMS_END.match(text, position) else None
 
 
+def header_block(raw: bytes) -> bytes:
+    """The header section of a message, blank line included (all of it if none ends it):
+    a slice, for the readers that need no more than the headers of a large message."""
+    ends = [i + len(sep) for sep in (b"\r\n\r\n", b"\n\n") if (i := raw.find(sep)) != -1]
+    return raw[: min(ends)] if ends else raw
+
+
 def parse(raw: bytes) -> Entity:
     """Split ``raw`` into an entity tree; never raises, and loses nothing."""
     return _entity(raw, 0, len(raw), 0, "text/plain")

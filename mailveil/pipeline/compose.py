@@ -14,9 +14,9 @@ from mailveil.domain.booking import Booking, open_until
 from mailveil.domain.threading import IdPair, translate_ids
 from mailveil.mail.banner import BOX_STYLE, banner
 from mailveil.mail.inspect import MessageFacts
+from mailveil.mail.mime import header_block
 from mailveil.mail.notices import Notice, Reason, UndeliverableCause, build_notice
 from mailveil.mail.rewrite import RewritePlan, rewrite
-from mailveil.store.repository import header_block
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,7 @@ rules, and writes the batch's archive entries and outbox rows in one transaction
 A batch is three steps: claim (one short transaction that also reads the batch's bookings;
 the threading ids its replies refer to are read next, when there are replies), decide and
 compose (no database: rules, rewriting, DKIM), record (one short transaction, a statement
-per table). Per-message transactions cost more
-than the messages' own work did.
+per table). Per-message transactions cost more than the messages' own work did.
 
 A message whose processing raises is marked ``failed`` with the error and an archive entry,
 and waits for a human (``mailveil`` never drops what it answered 250 for). If writing a

@@ -22,6 +22,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 from mailveil.domain.addresses import Role, new_token
 from mailveil.domain.booking import Booking, BookingStatus, Party
 from mailveil.domain.threading import IdPair
+from mailveil.mail.mime import header_block
 from mailveil.store.models import (
     ArchiveEntryRow,
     AttemptRow,
@@ -148,18 +149,14 @@ def bookings_by_tokens(s: Session, wanted: Iterable[tuple[Role, str]]
 
 
 def to_domain(s: Session, row: BookingRow) -> Booking:
-    found = booking_by_token(s, Role.CUSTOMER, row.customer_token)
-    assert found is not None, "the row is in the database"
-    return found.booking
+    supplier = s.get(SupplierRow, row.supplier_id)
+    assert supplier is not None, "foreign key guarantees the supplier"
+    values = [getattr(row if column.class_ is BookingRow else supplier, column.key)
+              for column in _BOOKING]
+    return _stored_booking(values).booking
 
 
 # --- inbound messages ---------------------------------------------------------------------
-
-
-def header_block(raw: bytes) -> bytes:
-    """The header section of a message, blank line included (all of it if none ends it)."""
-    ends = [i + len(sep) for sep in (b"\r\n\r\n", b"\n\n") if (i := raw.find(sep)) != -1]
-    return raw[: min(ends)] if ends else raw
 
 
 @dataclass(frozen=True)
@@ -292,7 +289,7 @@ class ArchiveEntry:
 
 
 _INSERT_ARCHIVE = insert(ArchiveEntryRow)
-_INSERT_OUTBOUND = insert(OutboundRow)
+_INSERT_OUTBOUND = insert(OutboundRow).returning(OutboundRow.id, sort_by_parameter_order=True)
 _INSERT_ATTEMPT = insert(AttemptRow)
 _INSERT_ID_PAIR = insert(MessageIdRow)
 
@@ -331,16 +328,17 @@ class NewOutbound:
     raw: bytes
 
 
+def queue_outbounds(s: Session, messages: Sequence[NewOutbound], now: datetime) -> list[int]:
+    """Put messages in the outbox, one statement for all; their ids in the same order."""
+    if not messages:
+        return []
+    return list(s.connection().scalars(_INSERT_OUTBOUND,
+                                       [_outbound_values(m, now) for m in messages]))
+
+
 def queue_outbound(s: Session, msg: NewOutbound, now: datetime) -> int:
-    row = OutboundRow(**_outbound_values(msg, now))
-    s.add(row)
-    s.flush()
-    return row.id
-
-
-def queue_outbounds(s: Session, messages: Sequence[NewOutbound], now: datetime) -> None:
-    if messages:
-        s.connection().execute(_INSERT_OUTBOUND, [_outbound_values(m, now) for m in messages])
+    [outbound_id] = queue_outbounds(s, [msg], now)
+    return outbound_id
 
 
 def _outbound_values(msg: NewOutbound, now: datetime) -> dict[str, Any]:
