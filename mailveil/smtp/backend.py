@@ -35,7 +35,5 @@ class StoreBackend:
         listener answer 250 to any of them."""
         now = datetime.now(UTC)
         with self._sessions() as s, s.begin():
-            return repo.store_inbounds(
-                s, [repo.NewInbound(m.mail_from, m.rcpt_to, m.raw, m.scan) for m in messages],
-                now)
+            return repo.store_inbounds(s, messages, now)
 

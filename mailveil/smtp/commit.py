@@ -10,18 +10,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+
+from mailveil.store.repository import NewInbound
 
 MAX_BATCH = 64
 MAX_BATCH_BYTES = 32 * 1024 * 1024
 
-
-@dataclass(frozen=True)
-class Accepted:
-    mail_from: str
-    rcpt_to: tuple[str, ...]
-    raw: bytes
-    scan: str
+Accepted = NewInbound
+"""A message waiting for its 250: exactly what the store keeps of it."""
 
 
 Commit = Callable[[Sequence[Accepted]], list[int]]
