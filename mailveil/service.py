@@ -20,15 +20,15 @@ from pathlib import Path
 import uvicorn
 from sqlalchemy.orm import Session, sessionmaker
 
+from mailveil.authn.authenticity import check
+from mailveil.authn.lookup import make_resolver
 from mailveil.config import Settings
 from mailveil.delivery.transport import CaptureTransport, SmarthostTransport, Transport
 from mailveil.delivery.worker import Deliverer, Policy
 from mailveil.domain.addresses import AddressBook
 from mailveil.doorbell import Doorbell
 from mailveil.mail import dkim
-from mailveil.mail.authenticity import check
 from mailveil.mail.banner import BOX_STYLE
-from mailveil.mail.lookup import make_resolver
 from mailveil.pipeline.compose import Voice
 from mailveil.pipeline.process import Pipeline, Processor
 from mailveil.scan.clamd import Clamd, scan_message

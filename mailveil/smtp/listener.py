@@ -17,7 +17,7 @@ from weakref import WeakKeyDictionary
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from mailveil.mail.authenticity import Authenticity, Verdict
+from mailveil.authn.authenticity import Authenticity, Verdict
 from mailveil.metrics import ACCEPTED, DEFERRED, DNS_SECONDS, RCPT_REFUSED, SCAN_SECONDS
 from mailveil.scan.clamd import ScannerUnavailable
 from mailveil.smtp import replies
@@ -47,7 +47,7 @@ class Scanner(Protocol):
 class Authenticator(Protocol):
     async def __call__(self, raw: bytes, *, client_ip: str, helo: str,
                        mail_from: str) -> Authenticity:
-        """SPF, DKIM and DMARC of a message (see :mod:`mailveil.mail.authenticity`)."""
+        """SPF, DKIM and DMARC of a message (see :mod:`mailveil.authn.authenticity`)."""
         ...
 
 

@@ -8,8 +8,8 @@ from typing import cast
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from mailveil.authn.authenticity import Authenticity
 from mailveil.domain.addresses import AddressBook
-from mailveil.mail.authenticity import Authenticity
 from mailveil.smtp import replies
 from mailveil.smtp.commit import Accepted
 from mailveil.smtp.gate import Lookup

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from bench.dns_server import running_dns
-from mailveil.mail import authenticity
-from mailveil.mail.authenticity import Authenticity, Verdict, check
+from mailveil.authn import authenticity
+from mailveil.authn.authenticity import Authenticity, Verdict, check
+from mailveil.authn.lookup import DNS_TIMEOUT, make_resolver
+from mailveil.authn.spf import check_spf
 from mailveil.mail.dkim import dns_txt_record, load_or_create_key, sign
-from mailveil.mail.lookup import DNS_TIMEOUT, make_resolver
-from mailveil.mail.spf import check_spf
 
 GOOD_IP = "192.0.2.10"  # in shop.example's SPF record
 BAD_IP = "203.0.113.9"  # in nobody's

@@ -17,7 +17,7 @@ from typing import Final, Literal
 
 from dns.asyncresolver import Resolver
 
-from mailveil.mail.lookup import TempError, normalized, query
+from mailveil.authn.lookup import TempError, normalized, query
 
 SpfResult = Literal["pass", "fail", "softfail", "neutral", "none", "temperror", "permerror"]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

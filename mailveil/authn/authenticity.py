@@ -4,7 +4,7 @@ The RCPT gate only compares MAIL FROM with the party's registered address, and a
 forge MAIL FROM; this is the DATA-time check that refuses spoofed senders (PRODUCT.md,
 "Relaying"). One DNS resolver, asynchronous, serves all three checks, which run at once.
 
-* SPF (RFC 7208) is evaluated in :mod:`mailveil.mail.spf`.
+* SPF (RFC 7208) is evaluated in :mod:`mailveil.authn.spf`.
 * DKIM keys are fetched here, concurrently, then dkimpy verifies in a worker thread from
   those answers: no second, blocking resolver to configure, and the RSA arithmetic (pure
   Python) stays off the event loop.
@@ -32,9 +32,9 @@ from dkim.util import InvalidTagValueList, parse_tag_value
 from dns.asyncresolver import Resolver
 from publicsuffixlist import PublicSuffixList
 
-from mailveil.mail.lookup import DNS_TIMEOUT, TempError, domain_of, normalized, query
+from mailveil.authn.lookup import DNS_TIMEOUT, TempError, domain_of, normalized, query
+from mailveil.authn.spf import SpfResult, check_spf
 from mailveil.mail.mime import header_block
-from mailveil.mail.spf import SpfResult, check_spf
 
 DkimResult = Literal["pass", "fail", "temperror"]
 DmarcResult = Literal["pass", "fail", "none", "temperror"]
