@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -124,13 +125,14 @@ class Mailveil(System):
         self._post("suppliers", {"id": "bench-sup", "name": "Bench Tours",
                                  "email": "ops@supplier.example", "locale": "en"})
         out = []
+        start = datetime.now(UTC) + timedelta(days=30)  # within the API's booking horizon
         for i in range(self.bookings):
             customer = f"customer{i:06d}@{CUSTOMER_DOMAIN}"
             b = self._post("bookings", {
                 "reference": f"BENCH-{i:06d}", "supplier_id": "bench-sup",
                 "customer": {"name": f"Customer {i}", "email": customer, "locale": "en"},
-                "activity_start": "2030-06-01T09:00:00+02:00",
-                "activity_end": "2030-06-01T12:00:00+02:00"})
+                "activity_start": start.isoformat(),
+                "activity_end": (start + timedelta(hours=3)).isoformat()})
             out.append((customer, str(b["supplier_relay_address"])))
         return out
 

@@ -13,6 +13,8 @@ from datetime import timedelta
 from pathlib import Path
 
 PREFIX = "MAILVEIL_"
+MAX_HORIZON_DAYS = 36525
+"""A century: activity dates further out are mistakes, and the window stays computable."""
 
 
 class ConfigError(ValueError):
@@ -42,6 +44,7 @@ class Settings:
     bounce_prefix: str = "bounce-"
     noreply_local: str = "no-reply"
     grace_period: timedelta = timedelta(days=7)
+    booking_horizon: timedelta = timedelta(days=730)
     platform_name: str = "mailveil"
     display_name_template: str = "{name} via {platform}"
     max_message_bytes: int = 14 * 1024 * 1024
@@ -134,6 +137,12 @@ def from_env(env: Mapping[str, str]) -> Settings:
         if not v.isdigit():
             raise ConfigError(f"{PREFIX}GRACE_DAYS: expected a whole number of days, got {v!r}")
         values["grace_period"] = timedelta(days=int(v))
+    if (v := get("BOOKING_HORIZON_DAYS")) is not None:
+        days = _positive_int("BOOKING_HORIZON_DAYS", v)
+        if days > MAX_HORIZON_DAYS:
+            raise ConfigError(
+                f"{PREFIX}BOOKING_HORIZON_DAYS: at most {MAX_HORIZON_DAYS} days, got {v!r}")
+        values["booking_horizon"] = timedelta(days=days)
     if (v := get("RETRY_SECONDS")) is not None:
         values["retry_for"] = timedelta(seconds=_positive_int("RETRY_SECONDS", v))
     if (v := get("RETRY_FIRST_SECONDS")) is not None:

@@ -229,7 +229,8 @@ async def _sleep_until(event: asyncio.Event, seconds: float) -> None:
 
 async def run_web(rt: Runtime) -> None:
     s = rt.settings
-    app = create_app(ApiContext(rt.sessions, address_book(s), api_token(s), s.grace_period))
+    app = create_app(ApiContext(rt.sessions, address_book(s), api_token(s), s.grace_period,
+                                s.booking_horizon))
     server = uvicorn.Server(uvicorn.Config(app, host=s.http_listen.host, port=s.http_listen.port,
                                            log_level="warning", lifespan="off"))
     # uvicorn captures SIGTERM/SIGINT while it serves and raises them again once it has

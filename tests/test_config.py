@@ -19,11 +19,13 @@ def test_defaults_run_embedded() -> None:
 def test_values_are_read() -> None:
     s = from_env({"MAILVEIL_DATA_DIR": "/srv/mv", "MAILVEIL_RELAY_DOMAIN": "Reply.Tours.Example",
                   "MAILVEIL_SMARTHOST": "[::1]:25", "MAILVEIL_GRACE_DAYS": "3",
+                  "MAILVEIL_BOOKING_HORIZON_DAYS": "400",
                   "MAILVEIL_API_TOKEN": "x" * 20, "OTHER": "ignored"})
     assert s.data_dir == Path("/srv/mv")
     assert s.relay_domain == "reply.tours.example"
     assert s.smarthost == HostPort("::1", 25)
     assert s.grace_period == timedelta(days=3)
+    assert s.booking_horizon == timedelta(days=400)
 
 
 @pytest.mark.parametrize(("name", "value"), [
@@ -35,6 +37,8 @@ def test_values_are_read() -> None:
     ("RELAY_DOMAIN", "not a domain"),
     ("API_TOKEN", "short"),
     ("GRACE_DAYS", "seven"),
+    ("BOOKING_HORIZON_DAYS", "0"),
+    ("BOOKING_HORIZON_DAYS", "999999999"),
     ("CUSTOMER_PREFIX", "Bad Prefix"),
     ("DISPLAY_NAME", "{nom} via {platform}"),
     ("CONTACT_FORM_URL", "contact us"),

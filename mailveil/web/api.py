@@ -14,7 +14,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mailveil.domain.addresses import AddressBook, Role
-from mailveil.domain.booking import BookingStatus, Party, is_open, open_until
+from mailveil.domain.booking import (
+    BookingStatus,
+    Party,
+    beyond_horizon,
+    is_open,
+    open_until,
+)
 from mailveil.store import repository as repo
 from mailveil.store.models import (
     ArchiveEntryRow,
@@ -45,6 +51,7 @@ class ApiContext:
     book: AddressBook
     api_token: str
     grace: timedelta
+    horizon: timedelta
 
 
 def _ctx(request: Request) -> ApiContext:
@@ -85,6 +92,25 @@ def _booking_out(s: Session, ctx: ApiContext, row: BookingRow) -> BookingOut:
     )
 
 
+def _check_mailbox(ctx: ApiContext, field: str, email: str) -> None:
+    """A party's address on the relay domain would have the relay write to itself."""
+    if ctx.book.is_ours(email):
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"{field} {email!r} is an address of the relay domain {ctx.book.domain}; "
+            "give the party's own mailbox")
+
+
+def _check_dates(ctx: ApiContext, **dates: datetime | None) -> None:
+    now = datetime.now(UTC)
+    for field, when in dates.items():
+        if when is not None and beyond_horizon(when, now, ctx.horizon):
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                f"{field} {when.isoformat()} is more than {ctx.horizon.days} days from now "
+                "(MAILVEIL_BOOKING_HORIZON_DAYS)")
+
+
 def _existing(s: Session, reference: str) -> BookingRow:
     row = repo.booking_by_reference(s, reference)
     if row is None:
@@ -93,8 +119,9 @@ def _existing(s: Session, reference: str) -> BookingRow:
 
 
 @router.post("/suppliers", status_code=status.HTTP_201_CREATED)
-def put_supplier(body: SupplierIn, s: DB) -> SupplierOut:
+def put_supplier(body: SupplierIn, s: DB, request: Request) -> SupplierOut:
     """Create or update a supplier (idempotent by id)."""
+    _check_mailbox(_ctx(request), "email", body.email)
     repo.upsert_supplier(s, id=body.id, name=body.name, email=body.email, locale=body.locale,
                          now=datetime.now(UTC))
     return SupplierOut(**body.model_dump())
@@ -104,6 +131,8 @@ def put_supplier(body: SupplierIn, s: DB) -> SupplierOut:
 def post_booking(body: BookingIn, s: DB, request: Request, response: Response) -> BookingOut:
     """Register a confirmed booking; re-posting a reference returns the same addresses."""
     ctx = _ctx(request)
+    _check_mailbox(ctx, "customer.email", body.customer.email)
+    _check_dates(ctx, activity_start=body.activity_start, activity_end=body.activity_end)
     existing = repo.booking_by_reference(s, body.reference)
     if existing is not None:
         if existing.supplier_id != body.supplier_id:
@@ -132,6 +161,8 @@ def get_booking(reference: str, s: DB, request: Request) -> BookingOut:
 def patch_booking(reference: str, body: BookingPatch, s: DB, request: Request) -> BookingOut:
     """Move the activity (the conversation window moves with it) or cancel the booking."""
     row = _existing(s, reference)
+    _check_dates(_ctx(request), activity_start=body.activity_start,
+                 activity_end=body.activity_end)
     now = datetime.now(UTC)
     start = body.activity_start or row.activity_start
     end = body.activity_end or row.activity_end

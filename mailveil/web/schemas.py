@@ -26,7 +26,10 @@ def _locale(value: str) -> str:
 
 
 def _utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as exc:  # 0001-01-01T00:00+01:00 is before the first UTC instant
+        raise ValueError("time out of range once converted to UTC") from exc
 
 
 Email = Annotated[str, Field(max_length=320), AfterValidator(_email)]
