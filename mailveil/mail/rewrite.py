@@ -17,6 +17,26 @@ scrubbed nor given a banner: any change would break the signature the recipient 
 and an encrypted part cannot be read anyway. The cost is that a real address inside a
 signed body reaches the recipient; the sender chose to sign that text.
 
+No line that leaves is longer than ``MAX_LINE`` (RFC 5322 2.1.1), though real programs
+send longer ones (Outlook's 7bit HTML, one-line base64, JSON) and the listener takes them.
+A part with such a line is re-encoded so that its *decoded* content stays the same: a
+base64 or quoted-printable body is re-wrapped in its own encoding, a raw one becomes
+quoted-printable if it is text, base64 otherwise. A re-encoded text keeps its lines but
+their line ends all become the first one's, as SMTP carries them as CRLF anyway. Parts
+without a long line keep their bytes. A long line that is not a part's body is broken as
+Postfix breaks it, a line break and a space, so the new line can never be a boundary
+delimiter: in a multipart's preamble or epilogue, which readers ignore, and in a forwarded
+message, whose bodies are already within the limit but where a header field of the
+forwarded mail (a provider's 1,242-character ``X-GMX-...``) is thereby folded; RFC 2046
+allows no base64 for a forwarded message, and readers such as Python's do not decode it.
+
+Inside a signed subtree too: a part with a long line is re-encoded, which breaks the
+signature. Left alone it would not survive either: an MTA that keeps to the limit (Postfix:
+``smtp_line_length_limit = 998``) breaks the line on the way, and then the signature fails
+*and* the content is damaged; re-encoded, at least the content arrives intact. A
+signature part (``application/pkcs7-signature`` on one long line) is not covered by the
+signature and is merely re-wrapped.
+
 Known limits, left on purpose:
 
 * An id that merely contains an address (``<1.ann@example.org>`` in a forwarded
@@ -34,13 +54,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import codecs
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from email.headerregistry import Address
 from email.utils import formatdate, quote
 
+from mailveil.mail import charsets
+from mailveil.mail.calendar import card_replacements, rewrite_card
 from mailveil.mail.mime import (
     Entity,
     Field,
@@ -79,6 +100,9 @@ KEPT_HEADERS = frozenset(
 SEALED = frozenset({"multipart/signed", "multipart/encrypted"})
 FORWARDED = frozenset({"message/rfc822", "message/global"})
 
+MAX_LINE = 998
+"""RFC 5322 2.1.1: the longest line, CRLF not counted, that SMTP servers must take."""
+
 MAX_FORWARD_DEPTH = 5
 """A forward of a forward is already rare, and each level holds one more copy of its bytes
 while it is rewritten."""
@@ -96,6 +120,12 @@ _SPECIALS = frozenset('()<>@,:;."[]\\')
 _BODY_TAG = re.compile(r"<body\b[^>]*>", re.IGNORECASE)
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _LINE_END = re.compile(rb"\r?\n")
+_LONG_LINE = re.compile(rb"^(?:[^\n]{%d}|[^\n]{%d}[^\r\n])" % (MAX_LINE + 2, MAX_LINE), re.M)
+"""A line over ``MAX_LINE`` (a CR is a character unless it ends the line). The anchor keeps
+the search linear: an attempt starts only at the beginning of a line."""
+_OVERFLOW = re.compile(rb"[^\n]{%d}(?=[^\r\n]|\r[^\n])" % (MAX_LINE - 1))
+"""``MAX_LINE - 1`` characters that the line goes on after: room for the space we add."""
+_ENCODED = frozenset({"quoted-printable", "base64"})
 
 
 @dataclass(frozen=True)
@@ -118,7 +148,8 @@ def rewrite(raw: bytes, plan: RewritePlan) -> bytes:
     """The outgoing message for ``raw``; never raises on any ``raw``."""
     root = parse(raw)
     banners = _banner_targets(root, plan)
-    root = _transform(root, plan.replacements, banners, 0)
+    cards = card_replacements(plan.replacements, plan.to_address)
+    root = _transform(root, plan.replacements, cards, banners, 0)
     return _header_block(root, plan) + b"\r\n" + body_bytes(root)
 
 
@@ -229,37 +260,46 @@ def _readable(entity: Entity) -> Iterator[Entity]:
 
 
 def _transform(
-    entity: Entity, replacements: Mapping[str, str], banners: dict[int, str], depth: int
+    entity: Entity,
+    replacements: Mapping[str, str],
+    cards: Mapping[str, str],
+    banners: dict[int, str],
+    depth: int,
 ) -> Entity:
     """``entity`` as it goes out, but for its own header, which is its parent's business.
 
+    ``cards`` are the replacements for calendars and vCards (:mod:`mailveil.mail.calendar`);
     ``depth`` counts the forwarded messages around ``entity``.
     """
-    if entity.content_type in SEALED:
-        return entity
     if entity.content_type in FORWARDED:
-        return _forwarded(entity, replacements, depth)
-    if entity.is_attachment:
-        return entity
+        return _within_limit(_forwarded(entity, replacements, cards, depth))
+    if (card := rewrite_card(entity, cards)) is not None:
+        return _within_limit(replace(entity, body=_transfer_encode(card, entity)))
+    if entity.content_type in SEALED or (entity.is_attachment and entity.maintype != "text"):
+        return _within_limit(entity)
     if entity.multipart:
         return replace(
             entity,
-            preamble=scrub_bytes(entity.preamble, replacements),
+            preamble=_broken(scrub_bytes(entity.preamble, replacements), entity.newline),
             parts=tuple(
                 Part(
                     p.delimiter,
-                    _scrub_fields(_transform(p.entity, replacements, banners, depth), replacements),
+                    _scrub_fields(
+                        _transform(p.entity, replacements, cards, banners, depth), replacements
+                    ),
                 )
                 for p in entity.parts
             ),
-            epilogue=scrub_bytes(entity.epilogue, replacements),
+            epilogue=_broken(scrub_bytes(entity.epilogue, replacements), entity.newline),
         )
     if entity.maintype != "text":
-        return replace(entity, body=scrub_bytes(entity.body, replacements))
+        return _within_limit(replace(entity, body=scrub_bytes(entity.body, replacements)))
     return _rewrite_text(entity, replacements, banners.get(id(entity)))
 
 
-def _forwarded(entity: Entity, replacements: Mapping[str, str], depth: int) -> Entity:
+def _forwarded(
+    entity: Entity, replacements: Mapping[str, str], cards: Mapping[str, str], depth: int
+) -> Entity:
     """A forwarded message: its header fields scrubbed, its body like a top-level one.
 
     The transfer encoding (base64 happens, though RFC 2046 forbids it) is undone and redone.
@@ -269,49 +309,106 @@ def _forwarded(entity: Entity, replacements: Mapping[str, str], depth: int) -> E
     if depth >= MAX_FORWARD_DEPTH:
         inner = scrub_bytes(data, replacements)
     else:
-        message = _transform(parse(data), replacements, {}, depth + 1)
+        message = _transform(parse(data), replacements, cards, {}, depth + 1)
         inner = serialize(_scrub_fields(message, replacements))
+    inner = _broken(inner, entity.newline)
     return entity if inner == data else replace(entity, body=_transfer_encode(inner, entity))
 
 
 def _rewrite_text(entity: Entity, replacements: Mapping[str, str], banner: str | None) -> Entity:
     """Scrub (and maybe banner) one text leaf; an unchanged part is returned as it came."""
-    declared = _codec(entity.param("charset") or "us-ascii")
-    text, codec = _decode(payload(entity), declared)
+    declared = charsets.codec(entity.param("charset") or "us-ascii")
+    decoded = _decode(entity, declared)
+    if decoded is None:
+        return _opaque(entity, replacements)
+    text, codec = decoded
     new = scrub_text(text, replacements)
     if banner:
         new = _with_banner(new, banner, html=entity.content_type == "text/html")
     if new == text:
-        return entity
+        return _within_limit(entity)
     try:
         data = new.encode(codec)
     except UnicodeEncodeError:
         codec, data = "utf-8", new.encode("utf-8")
     if codec == "utf-8" and declared != "utf-8":
         entity = entity.with_field("Content-Type", _with_charset(entity, "utf-8"))
-    if entity.cte in _SEVEN_BIT and entity.body.isascii() and not data.isascii():
+    added_8bit = entity.cte in _SEVEN_BIT and entity.body.isascii() and not data.isascii()
+    if entity.cte not in _ENCODED and (added_8bit or _LONG_LINE.search(data)):
         entity = entity.with_field("Content-Transfer-Encoding", "quoted-printable")
     return replace(entity, body=_transfer_encode(data, entity))
 
 
-def _codec(charset: str) -> str | None:
-    """Python's name for a MIME charset, or None when Python has no text codec for it."""
-    try:
-        info = codecs.lookup(charset)
-    except (LookupError, ValueError):
+def _within_limit(entity: Entity) -> Entity:
+    """``entity`` with no body line over ``MAX_LINE`` and the same decoded content; as it
+    came when it has none (see the module's docstring)."""
+    if entity.multipart:
+        return replace(
+            entity,
+            preamble=_broken(entity.preamble, entity.newline),
+            parts=tuple(Part(p.delimiter, _within_limit(p.entity)) for p in entity.parts),
+            epilogue=_broken(entity.epilogue, entity.newline),
+        )
+    if not _LONG_LINE.search(entity.body):
+        return entity
+    data = payload(entity)
+    if entity.cte not in _ENCODED:
+        cte = "quoted-printable" if entity.maintype == "text" else "base64"
+        entity = entity.with_field("Content-Transfer-Encoding", cte)
+    return replace(entity, body=_transfer_encode(data, entity))
+
+
+def _broken(data: bytes, newline: bytes) -> bytes:
+    """``data`` with lines over ``MAX_LINE`` broken, Postfix-style (see the module's
+    docstring)."""
+    if not _LONG_LINE.search(data):
+        return data
+    return _OVERFLOW.sub(lambda m: m.group(0) + newline + b" ", data)
+
+
+def _decode(entity: Entity, declared: str | None) -> tuple[str, str] | None:
+    """The text of a leaf and the codec to write it back with; None when it cannot be read
+    as text: a charset the relay does not decode (:mod:`mailveil.mail.charsets`) or a body
+    that is not the base64 it claims to be.
+
+    Declared charset first, then UTF-8 (the usual lie), then latin-1, which reads anything.
+    """
+    data = _strict_payload(entity)
+    if declared is None or data is None:
         return None
-    return info.name if getattr(info, "_is_text_encoding", True) else None
-
-
-def _decode(data: bytes, declared: str | None) -> tuple[str, str]:
-    """Declared charset first, then UTF-8 (the usual lie), then latin-1, which reads anything."""
     for codec in (declared, "utf-8"):
-        if codec is not None:
-            try:
-                return data.decode(codec), codec
-            except (UnicodeError, LookupError):
-                continue
+        try:
+            return data.decode(codec), codec
+        except UnicodeError:
+            continue
     return data.decode("latin-1"), "latin-1"
+
+
+def _strict_payload(entity: Entity) -> bytes | None:
+    """Like :func:`payload`, but None for a base64 body with anything but base64 in it,
+    which :func:`payload` would turn into garbage (padding may be missing)."""
+    if entity.cte != "base64":
+        return payload(entity)
+    compact = entity.body.translate(None, b" \t\r\n")
+    try:
+        return binascii.a2b_base64(compact + b"=" * (-len(compact) % 4), strict_mode=True)
+    except binascii.Error:
+        return None
+
+
+def _opaque(entity: Entity, replacements: Mapping[str, str]) -> Entity:
+    """A text leaf that cannot be read as text goes out like an attachment: its bytes as
+    they came, but for real addresses spelled in ASCII (see :func:`scrub_bytes`); no banner.
+
+    A broken base64 body is scrubbed as it stands, a readable one decoded and re-encoded.
+    """
+    data = _strict_payload(entity)
+    if data is None:
+        return _within_limit(replace(entity, body=scrub_bytes(entity.body, replacements)))
+    new = scrub_bytes(data, replacements)
+    if new == data:
+        return _within_limit(entity)
+    return _within_limit(replace(entity, body=_transfer_encode(new, entity)))
 
 
 def _with_banner(text: str, banner: str, *, html: bool) -> str:

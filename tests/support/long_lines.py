@@ -1,0 +1,35 @@
+"""Checks shared by the rewrite tests and the end-to-end tests of real mail's long lines."""
+
+from __future__ import annotations
+
+import email
+import re
+from email import policy
+
+from mailveil.mail.rewrite import MAX_LINE
+
+_LINE = re.compile(rb"[^\n]*")
+
+
+def long_lines(raw: bytes) -> list[int]:
+    """The lengths (CRLF not counted) of the lines of ``raw`` over RFC 5322's 998."""
+    lengths = (len(m.group(0).removesuffix(b"\r")) for m in _LINE.finditer(raw))
+    return [n for n in lengths if n > MAX_LINE]
+
+
+def decoded_leaves(raw: bytes) -> list[tuple[str, bytes]]:
+    """(type, decoded payload) of every leaf as the stdlib reads it, forwarded messages
+    opened, text line ends made CRLF: an independent reading of what a recipient gets."""
+    found: list[tuple[str, bytes]] = []
+    for part in email.message_from_bytes(raw, policy=policy.compat32).walk():
+        if part.is_multipart():
+            continue
+        data = part.get_payload(decode=True)
+        data = data if isinstance(data, bytes) else b""
+        if part.get_content_type() in ("message/rfc822", "message/global"):
+            found.extend(decoded_leaves(data))
+            continue
+        if part.get_content_maintype() == "text":
+            data = re.sub(rb"\r?\n", b"\r\n", data)
+        found.append((part.get_content_type(), data))
+    return found
