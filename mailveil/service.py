@@ -29,11 +29,13 @@ from mailveil.domain.addresses import AddressBook
 from mailveil.doorbell import Doorbell
 from mailveil.mail import dkim
 from mailveil.mail.banner import BOX_STYLE
+from mailveil.metrics import ERRORS
 from mailveil.pipeline.compose import Voice
 from mailveil.pipeline.process import Pipeline, Processor
 from mailveil.scan.clamd import Clamd, scan_message
 from mailveil.smtp import listener, protocol
 from mailveil.smtp.backend import StoreBackend
+from mailveil.store import workers
 from mailveil.store.db import DATABASE_UNAVAILABLE, make_engine, migrate, session_factory
 from mailveil.store.retention import Retention, purge
 from mailveil.web.api import ApiContext, create_app
@@ -162,12 +164,14 @@ async def run_worker(rt: Runtime) -> None:
     voice = Voice(platform_name=s.platform_name, display_name_template=s.display_name_template,
                   banner=s.banner, grace=s.grace_period, contact_form_url=s.contact_form_url,
                   banner_style=s.banner_style or BOX_STYLE)
+    me, dead = await asyncio.to_thread(workers.start, rt.sessions, now())
+    _reaped(dead)
     processor = Processor(rt.sessions, Pipeline(book, voice, signer(s), batch=s.worker_batch,
-                                                lease=s.lease))
+                                                lease=s.lease, holder=me.holder.id))
     policy = Policy(retry_first=s.retry_first, retry_cap=s.retry_max_interval,
                     retry_for=s.retry_for, batch=s.worker_batch, lease=s.lease)
     transports = _transports(s, policy.connections)
-    deliverer = Deliverer(rt.sessions, transports, policy, processor.give_up)
+    deliverer = Deliverer(rt.sessions, transports, policy, me)
     retention = Retention(s.retention_body, s.retention_metadata)
     delivery_due = asyncio.Event()
 
@@ -191,15 +195,44 @@ async def run_worker(rt: Runtime) -> None:
                             "polling every %s s", IDLE_POLL_SECONDS)
             # Processing and delivery overlap: one waits on the database or a socket while
             # the other computes, and a slow smarthost never holds back new mail.
-            await asyncio.gather(_loop(rt, process, new_mail),
-                                 _loop(rt, lambda: deliverer.run_once(now), delivery_due))
+            await asyncio.gather(_loop(rt, "processing", process, new_mail),
+                                 _loop(rt, "delivery", lambda: deliverer.run_once(now),
+                                       delivery_due),
+                                 _heartbeat(rt, me, (new_mail, delivery_due)))
     finally:
         for t in transports:
             await t.close()
+        with contextlib.suppress(*DATABASE_UNAVAILABLE):
+            await asyncio.to_thread(workers.stop, rt.sessions, me)
 
 
-async def _loop(rt: Runtime, step: Callable[[], Awaitable[int]], wake: asyncio.Event) -> None:
-    """Run ``step`` until stopped; when it found nothing to do, sleep until woken or polled."""
+async def _heartbeat(rt: Runtime, me: workers.Lessee, wake: tuple[asyncio.Event, ...]) -> None:
+    """Say this worker is alive, and take back what dead ones held, every few seconds."""
+    while not rt.stopping.is_set():
+        await _sleep_until(rt.stopping, workers.HEARTBEAT.total_seconds())
+        try:
+            dead = await asyncio.to_thread(workers.heartbeat, rt.sessions, me, now())
+        except DATABASE_UNAVAILABLE:
+            log.warning("worker: database unavailable for the heartbeat")
+            continue
+        if dead:
+            _reaped(dead)
+            for event in wake:
+                event.set()
+
+
+def _reaped(dead: list[str]) -> None:
+    if dead:
+        log.warning("worker: took back the leases of dead workers", extra={"workers": dead})
+
+
+async def _loop(rt: Runtime, name: str, step: Callable[[], Awaitable[int]],
+                wake: asyncio.Event) -> None:
+    """Run ``step`` until stopped; when it found nothing to do, sleep until woken or polled.
+
+    Each runner parks a message that raises and goes on; an error that escapes a round
+    anyway (a bug outside any one message's work) costs that round, never the process: in
+    ``serve`` the listener and the API run on the same loop."""
     while not rt.stopping.is_set():
         wake.clear()
         try:
@@ -208,6 +241,12 @@ async def _loop(rt: Runtime, step: Callable[[], Awaitable[int]], wake: asyncio.E
             # What this round had leased comes back when the lease runs out.
             log.exception("worker: database unavailable, retrying in %s s",
                           DATABASE_RETRY_SECONDS)
+            await _sleep_until(rt.stopping, DATABASE_RETRY_SECONDS)
+            continue
+        except Exception:
+            log.exception("worker: a %s round raised, retrying in %s s", name,
+                          DATABASE_RETRY_SECONDS)
+            ERRORS.labels(stage=name).inc()
             await _sleep_until(rt.stopping, DATABASE_RETRY_SECONDS)
             continue
         if not busy:

@@ -2,14 +2,21 @@
 connections, then record every attempt and verdict of the batch in one transaction (the
 delivered ones, nearly all of them, with one statement).
 
-A crash between sending and recording leaves the lease to expire and the message is sent
-again: delivery is at-least-once, and duplicates are bounded by what was in flight.
+Delivery only reports: a copy that will not arrive becomes ``undeliverable`` with its cause,
+and processing tells the sender later, outside this transaction. Every verdict is decided
+before the transaction opens, so it holds the write lock for a few statements only.
+
+A send that raises parks exactly that copy (``failed``, the error in its message's archive)
+and the batch goes on. A crash between sending and recording leaves the lease to expire and
+the message is sent again: delivery is at-least-once, and duplicates are bounded by what was
+in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,15 +25,13 @@ from sqlalchemy.orm import Session
 
 from mailveil.delivery.backoff import retry_delay
 from mailveil.delivery.transport import Result, Status, Transport
+from mailveil.domain.states import OutboxState
 from mailveil.mail.bounces import classify
-from mailveil.mail.notices import UndeliverableCause
-from mailveil.metrics import ATTEMPTS
+from mailveil.metrics import ATTEMPTS, ERRORS
 from mailveil.store import repository as repo
-from mailveil.store.models import OutboundRow
+from mailveil.store.workers import Lessee
 
 log = logging.getLogger(__name__)
-
-GiveUp = Callable[[Session, OutboundRow, UndeliverableCause, datetime], None]
 
 
 @dataclass(frozen=True)
@@ -39,66 +44,107 @@ class Policy:
     lease: timedelta = timedelta(minutes=10)
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """What one attempt means for its copy: delivered, due again ``retry_at``, or moved to
+    ``to`` with ``why`` (the cause, or the error of a send that raised)."""
+
+    job: repo.Due
+    result: Result | None  # None: sending raised
+    to: OutboxState | None = None  # None with retry_at: stays queued
+    why: str = ""
+    retry_at: datetime | None = None
+
+
+def verdict(job: repo.Due, result: Result, policy: Policy, now: datetime) -> Verdict:
+    """Retry a temporary failure until the retry period is over; then, or at once for a
+    permanent one, report the copy undeliverable with the cause its sender will read."""
+    if result.status is Status.DELIVERED:
+        return Verdict(job, result, OutboxState.DELIVERED)
+    if result.status is Status.TEMPORARY and now - job.created_at < policy.retry_for:
+        return Verdict(job, result, None, result.text, now + retry_delay(
+            job.attempts + 1, policy.retry_first, policy.retry_cap))
+    _, cause = classify(result.code, None, result.text)
+    return Verdict(job, result, OutboxState.UNDELIVERABLE, cause.value)
+
+
 class Deliverer:
     def __init__(self, sessions: Callable[[], Session], transports: list[Transport],
-                 policy: Policy, give_up: GiveUp) -> None:
+                 policy: Policy, lessee: Lessee | None = None) -> None:
         self._sessions = sessions
         self._transports = transports
         self._policy = policy
-        self._give_up = give_up
+        self._lessee = lessee  # None: leases name no worker and only run out
 
     async def run_once(self, now: Callable[[], datetime]) -> int:
         """Deliver one batch; returns how many messages were attempted."""
+        leased_at = time.monotonic()
         jobs = await asyncio.to_thread(self._claim, now())
         if not jobs:
             return 0
         queue: asyncio.Queue[repo.Due] = asyncio.Queue()
         for job in jobs:
             queue.put_nowait(job)
-        results: dict[int, Result] = {}
+        verdicts: list[Verdict] = []
 
         async def drain(transport: Transport) -> None:
-            while not queue.empty():
+            while not queue.empty() and self._holds(leased_at):
                 job = queue.get_nowait()
-                results[job.id] = await transport.send(job.mail_from, job.rcpt_to, job.raw)
+                try:
+                    result = await transport.send(job.mail_from, job.rcpt_to, job.raw)
+                except Exception as exc:
+                    verdicts.append(_crashed(job, exc))
+                else:
+                    verdicts.append(verdict(job, result, self._policy, now()))
 
         await asyncio.gather(*(drain(t) for t in self._transports))
-        await asyncio.to_thread(self._record, results, now())
+        tried = {v.job.id for v in verdicts}
+        untried = [job.id for job in jobs if job.id not in tried]
+        await asyncio.to_thread(self._record, verdicts, untried, now())
         return len(jobs)
 
+    def _holds(self, leased_at: float) -> bool:
+        """Whether the batch is still ours to send: a worker that another one may have
+        found dead sends nothing more; the rest of its batch stays leased until released."""
+        return self._lessee is None or self._lessee.holds(leased_at)
+
     def _claim(self, now: datetime) -> list[repo.Due]:
+        holder = None if self._lessee is None else self._lessee.holder.id
         with self._sessions() as s, s.begin():
             return repo.claim_outbound(s, limit=self._policy.batch, now=now,
-                                       lease=self._policy.lease)
+                                       lease=self._policy.lease, holder=holder)
 
-    def _record(self, results: dict[int, Result], now: datetime) -> None:
+    def _record(self, verdicts: list[Verdict], untried: list[int], now: datetime) -> None:
         with self._sessions() as s, s.begin():
-            repo.record_attempts(s, [repo.Attempt(outbound_id, r.code, r.text, r.status.value)
-                                     for outbound_id, r in results.items()], now)
+            repo.unlease_outbound(s, untried)
+            repo.record_attempts(s, [repo.Attempt(v.job.id, v.result.code, v.result.text,
+                                                  v.result.status.value)
+                                     for v in verdicts if v.result is not None], now)
             delivered = repo.mark_delivered(
-                s, [i for i, r in results.items() if r.status is Status.DELIVERED], now)
-            for outbound_id, result in results.items():
-                ATTEMPTS.labels(outcome=result.status.value).inc()
-                if outbound_id in delivered:
-                    log.info("delivery", extra={"outbound_id": outbound_id, "status": "delivered",
-                                                "code": result.code})
-                elif result.status is not Status.DELIVERED:
-                    row = s.get(OutboundRow, outbound_id, with_for_update=True)
-                    assert row is not None
-                    self._failed_attempt(s, row, result, now)
+                s, [v.job.id for v in verdicts if v.to is OutboxState.DELIVERED], now)
+            for v in verdicts:
+                if v.result is not None:
+                    ATTEMPTS.labels(outcome=v.result.status.value).inc()
+                if v.to is OutboxState.DELIVERED:
+                    done = v.job.id in delivered
+                elif v.result is None:
+                    done = repo.park_outbound(s, v.job.id, v.why, now)
+                elif v.retry_at is not None:
+                    done = repo.retry_outbound(s, v.job.id, v.why, v.retry_at)
+                else:
+                    assert v.to is not None
+                    done = repo.move_outbound(s, v.job.id, v.to, now, why=v.why,
+                                              tried=True) is not None
+                # Not done: our lease ran out and another worker finished it meanwhile;
+                # the attempt is history all the same.
+                if done:
+                    log.info("delivery", extra={
+                        "outbound_id": v.job.id, "attempt": v.job.attempts + 1,
+                        "status": v.to or OutboxState.QUEUED,
+                        "code": None if v.result is None else v.result.code})
 
-    def _failed_attempt(self, s: Session, row: OutboundRow, result: Result,
-                        now: datetime) -> None:
-        if row.state != "queued":
-            return  # our lease ran out and another worker finished it: the attempt is history
-        row.attempts += 1
-        log.info("delivery", extra={"outbound_id": row.id, "status": result.status.value,
-                                    "code": result.code, "attempt": row.attempts})
-        _, cause = classify(result.code, None, result.text)
-        if result.status is Status.PERMANENT or now - row.created_at >= self._policy.retry_for:
-            self._give_up(s, row, cause, now)
-            return
-        row.last_error = result.text[:2000]
-        row.next_attempt_at = now + retry_delay(row.attempts, self._policy.retry_first,
-                                                self._policy.retry_cap)
-        row.lease_until = None
+
+def _crashed(job: repo.Due, exc: Exception) -> Verdict:
+    log.exception("delivery raised; the copy is parked", extra={"outbound_id": job.id})
+    ERRORS.labels(stage="delivery").inc()
+    return Verdict(job, None, OutboxState.FAILED, repr(exc))

@@ -57,6 +57,7 @@ class Pipeline:
     sign: Signer
     batch: int = 50
     lease: timedelta = timedelta(minutes=5)
+    holder: str | None = None  # the worker leases name (store/workers.py)
 
 
 @dataclass
@@ -93,7 +94,8 @@ class Processor:
     def run_once(self, now: datetime) -> int:
         """Process one batch; returns how many messages were taken."""
         with self._sessions() as s, s.begin():
-            claimed = repo.claim_inbound(s, limit=self._p.batch, now=now, lease=self._p.lease)
+            claimed = repo.claim_inbound(s, limit=self._p.batch, now=now, lease=self._p.lease,
+                                         holder=self._p.holder)
             bookings = repo.bookings_by_tokens(s, self._tokens(claimed))
         results: list[Result] = []
         read: list[tuple[repo.Claimed, MessageFacts]] = []

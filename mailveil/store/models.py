@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     ForeignKey,
     Index,
@@ -93,6 +94,7 @@ class InboundRow(Base):
     # received -> processed | failed ; processing picks "received" rows
     state: Mapped[str] = mapped_column(String(16))
     lease_until: Mapped[datetime | None]
+    lease_holder: Mapped[str | None] = mapped_column(String(32))  # a WorkerRow.id
     processed_at: Mapped[datetime | None]
     error: Mapped[str | None] = mapped_column(Text)
     scan: Mapped[str] = mapped_column(String(64), default="not scanned")
@@ -153,6 +155,7 @@ class OutboundRow(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime]
     lease_until: Mapped[datetime | None]
+    lease_holder: Mapped[str | None] = mapped_column(String(32))  # a WorkerRow.id
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime]
     finished_at: Mapped[datetime | None]
@@ -190,3 +193,17 @@ class MessageIdRow(Base):
         Index("ix_message_ids_relayed", "booking_id", "relayed_id"),
         Index("ix_message_ids_original", "booking_id", "original_id"),
     )
+
+
+class WorkerRow(Base):
+    """A running worker process, so that the leases of one that died are taken back at once
+    instead of when they run out (mailveil/store/workers.py)."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    machine: Mapped[str] = mapped_column(String(128))  # boot id and pid namespace
+    pid: Mapped[int]
+    pid_started: Mapped[int] = mapped_column(BigInteger)  # clock ticks after boot
+    started_at: Mapped[datetime]
+    heartbeat_at: Mapped[datetime]

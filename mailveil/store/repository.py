@@ -21,7 +21,16 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from mailveil.domain.addresses import Role, new_token
 from mailveil.domain.booking import Booking, BookingStatus, Party
+from mailveil.domain.states import (
+    INBOUND_MOVES,
+    OUTBOX_MOVES,
+    OWES_NOTICE,
+    InboundState,
+    OutboxState,
+    sources,
+)
 from mailveil.domain.threading import IdPair
+from mailveil.domain.verdicts import Outcome
 from mailveil.mail.mime import header_block
 from mailveil.store.models import (
     ArchiveEntryRow,
@@ -124,6 +133,13 @@ def _stored_booking(row: Sequence[Any]) -> StoredBooking:
         supplier_token=supplier_token))
 
 
+def bookings_by_ids(s: Session, ids: Collection[int]) -> dict[int, StoredBooking]:
+    if not ids:
+        return {}
+    rows = s.execute(_BOOKINGS.where(BookingRow.id.in_(ids)))
+    return {stored.id: stored for stored in map(_stored_booking, rows)}
+
+
 def booking_by_token(s: Session, role: Role, token: str) -> StoredBooking | None:
     row = s.execute(_BY_TOKEN[role], {"token": token}).first()
     return None if row is None else _stored_booking(row)
@@ -181,7 +197,8 @@ def store_inbounds(s: Session, messages: Sequence[NewInbound], now: datetime) ->
     db = s.connection()
     ids = list(db.scalars(_INSERT_INBOUND, [
         {"received_at": now, "mail_from": m.mail_from, "rcpt_to": list(m.rcpt_to), "raw": raw,
-         "sha256": sha256_of(raw), "size": len(m.raw), "state": "received", "scan": m.scan}
+         "sha256": sha256_of(raw), "size": len(m.raw), "state": InboundState.RECEIVED,
+         "scan": m.scan}
         for m, raw in zip(messages, kept, strict=True)]))
     infected = [{"inbound_id": inbound_id, "raw": m.raw, "sha256": sha256_of(m.raw),
                  "findings": m.scan, "created_at": now}
@@ -213,25 +230,37 @@ class Claimed:
 
 
 _DUE_INBOUND = select(InboundRow.id, InboundRow.size).where(
-    InboundRow.state == "received",
+    InboundRow.state == InboundState.RECEIVED,
     or_(InboundRow.lease_until.is_(None), InboundRow.lease_until < bindparam("now")),
 ).order_by(InboundRow.id).limit(bindparam("limit")).with_for_update(skip_locked=True)
 _LEASE_INBOUND = (update(InboundRow).where(InboundRow.id.in_(bindparam("ids", expanding=True)))
-                  .values(lease_until=bindparam("until"))
+                  .values(lease_until=bindparam("until"), lease_holder=bindparam("holder"))
                   .returning(InboundRow.id, InboundRow.mail_from, InboundRow.rcpt_to,
                              InboundRow.raw, InboundRow.scan))
 
 
-def claim_inbound(s: Session, *, limit: int, now: datetime, lease: timedelta) -> list[Claimed]:
+def claim_inbound(s: Session, *, limit: int, now: datetime, lease: timedelta,
+                  holder: str | None = None) -> list[Claimed]:
     """Take received messages for processing, at most ``limit`` and about
-    :data:`BATCH_BYTES`; a crashed worker's lease runs out and another worker picks them up
-    again (``SKIP LOCKED`` keeps live workers apart on PostgreSQL)."""
+    :data:`BATCH_BYTES`, leased to ``holder`` (a worker of store/workers.py); a crashed
+    worker's leases are released when it is found dead, or else run out, and another worker
+    picks them up again (``SKIP LOCKED`` keeps live workers apart on PostgreSQL)."""
     db = s.connection()
     ids = _within_budget(db.execute(_DUE_INBOUND, {"now": now, "limit": limit}).all())
     if not ids:
         return []
-    leased = db.execute(_LEASE_INBOUND, {"ids": ids, "until": now + lease}).all()
+    leased = db.execute(_LEASE_INBOUND, {"ids": ids, "until": now + lease,
+                                         "holder": holder}).all()
     return sorted((Claimed(*row) for row in leased), key=lambda c: c.id)
+
+
+def inbound_by_ids(s: Session, ids: Collection[int]) -> dict[int, Claimed]:
+    """Stored messages whose senders are owed a notice: what processing reads of them."""
+    if not ids:
+        return {}
+    rows = s.execute(select(InboundRow.id, InboundRow.mail_from, InboundRow.rcpt_to,
+                            InboundRow.raw, InboundRow.scan).where(InboundRow.id.in_(ids)))
+    return {row.id: Claimed(*row) for row in rows}
 
 
 BATCH_BYTES = 2 * 1024 * 1024
@@ -252,14 +281,17 @@ def _within_budget(due: Sequence[tuple[int, int]]) -> list[int]:
     return ids
 
 
-_PROCESSED = (update(InboundRow).where(InboundRow.id.in_(bindparam("ids", expanding=True)),
-                                       InboundRow.state == "received")
-              .values(state="processed", processed_at=bindparam("now"), lease_until=None)
+_PROCESSED = (update(InboundRow).where(
+    InboundRow.id.in_(bindparam("ids", expanding=True)),
+    InboundRow.state.in_(sources(INBOUND_MOVES, InboundState.PROCESSED)))
+              .values(state=InboundState.PROCESSED, processed_at=bindparam("now"), lease_until=None,
+                      lease_holder=None)
               .returning(InboundRow.id))
-_FAILED = (update(InboundRow).where(InboundRow.id == bindparam("inbound_id"),
-                                    InboundRow.state == "received")
-           .values(state="failed", error=bindparam("why"), processed_at=bindparam("now"),
-                   lease_until=None)
+_FAILED = (update(InboundRow).where(
+    InboundRow.id == bindparam("inbound_id"),
+    InboundRow.state.in_(sources(INBOUND_MOVES, InboundState.FAILED)))
+           .values(state=InboundState.FAILED, error=bindparam("why"), processed_at=bindparam("now"),
+                   lease_until=None, lease_holder=None)
            .returning(InboundRow.id))
 
 
@@ -346,7 +378,7 @@ def _outbound_values(msg: NewOutbound, now: datetime) -> dict[str, Any]:
             "recipient_role": msg.recipient_role.value if msg.recipient_role else None,
             "bounce_token": msg.bounce_token, "mail_from": msg.mail_from,
             "rcpt_to": msg.rcpt_to, "message_id": msg.message_id, "raw": msg.raw,
-            "sha256": sha256_of(msg.raw), "state": "queued", "attempts": 0,
+            "sha256": sha256_of(msg.raw), "state": OutboxState.QUEUED, "attempts": 0,
             "next_attempt_at": now, "created_at": now}
 
 
@@ -358,34 +390,61 @@ class Due:
     mail_from: str
     rcpt_to: str
     raw: bytes
+    attempts: int  # before this one
+    created_at: datetime
 
 
 _DUE_OUTBOUND = select(OutboundRow.id, func.length(OutboundRow.raw)).where(
-    OutboundRow.state == "queued",
+    OutboundRow.state == OutboxState.QUEUED,
     OutboundRow.next_attempt_at <= bindparam("now"),
     or_(OutboundRow.lease_until.is_(None), OutboundRow.lease_until < bindparam("now")),
 ).order_by(OutboundRow.next_attempt_at).limit(bindparam("limit")).with_for_update(
     skip_locked=True)
 _LEASE_OUTBOUND = (update(OutboundRow).where(OutboundRow.id.in_(bindparam("ids", expanding=True)))
-                   .values(lease_until=bindparam("until"))
+                   .values(lease_until=bindparam("until"), lease_holder=bindparam("holder"))
                    .returning(OutboundRow.id, OutboundRow.mail_from, OutboundRow.rcpt_to,
-                              OutboundRow.raw))
-_DELIVERED = (update(OutboundRow).where(OutboundRow.id.in_(bindparam("ids", expanding=True)),
-                                        OutboundRow.state == "queued")
-              .values(state="delivered", finished_at=bindparam("now"), lease_until=None,
-                      attempts=OutboundRow.attempts + 1)
+                              OutboundRow.raw, OutboundRow.attempts, OutboundRow.created_at))
+_DELIVERED = (update(OutboundRow).where(
+    OutboundRow.id.in_(bindparam("ids", expanding=True)),
+    OutboundRow.state.in_(sources(OUTBOX_MOVES, OutboxState.DELIVERED)))
+              .values(state=OutboxState.DELIVERED, finished_at=bindparam("now"), lease_until=None,
+                      lease_holder=None, attempts=OutboundRow.attempts + 1)
               .returning(OutboundRow.id))
 
 
-def claim_outbound(s: Session, *, limit: int, now: datetime, lease: timedelta) -> list[Due]:
-    """Lease due messages to this worker (at most ``limit``, about :data:`BATCH_BYTES`).
+def claim_outbound(s: Session, *, limit: int, now: datetime, lease: timedelta,
+                   holder: str | None = None) -> list[Due]:
+    """Lease due messages to ``holder`` (at most ``limit``, about :data:`BATCH_BYTES`).
     ``SKIP LOCKED`` keeps two workers on PostgreSQL from taking the same rows; the lease
     keeps them apart once the transaction ends."""
     db = s.connection()
     ids = _within_budget(db.execute(_DUE_OUTBOUND, {"now": now, "limit": limit}).all())
     if not ids:
         return []
-    return [Due(*row) for row in db.execute(_LEASE_OUTBOUND, {"ids": ids, "until": now + lease})]
+    return [Due(*row) for row in db.execute(_LEASE_OUTBOUND, {"ids": ids, "until": now + lease,
+                                                              "holder": holder})]
+
+
+_UNLEASE_OUTBOUND = (update(OutboundRow).where(OutboundRow.id.in_(bindparam("ids", expanding=True)))
+                     .values(lease_until=None, lease_holder=None))
+
+
+def unlease_outbound(s: Session, ids: Collection[int]) -> None:
+    """Give back leased messages that were not tried: another worker may take them now."""
+    if ids:
+        s.connection().execute(_UNLEASE_OUTBOUND, {"ids": list(ids)})
+
+
+_RELEASE = [update(table).where(table.lease_holder.in_(bindparam("holders", expanding=True)))
+            .values(lease_until=None, lease_holder=None) for table in (InboundRow, OutboundRow)]
+
+
+def release_leases(s: Session, holders: Collection[str]) -> None:
+    """Make what dead workers held due again at once, instead of when their leases run
+    out. A rare statement (once per dead worker), so ``lease_holder`` has no index."""
+    if holders:
+        for statement in _RELEASE:
+            s.connection().execute(statement, {"holders": list(holders)})
 
 
 def mark_delivered(s: Session, ids: Collection[int], now: datetime) -> set[int]:
@@ -394,6 +453,91 @@ def mark_delivered(s: Session, ids: Collection[int], now: datetime) -> set[int]:
     if not ids:
         return set()
     return set(s.connection().scalars(_DELIVERED, {"ids": list(ids), "now": now}))
+
+
+_RETRY = (update(OutboundRow).where(OutboundRow.id == bindparam("outbound_id"),
+                                   OutboundRow.state == OutboxState.QUEUED)
+          .values(attempts=OutboundRow.attempts + 1, last_error=bindparam("why"),
+                  next_attempt_at=bindparam("at"), lease_until=None, lease_holder=None)
+          .returning(OutboundRow.id))
+_MOVE = {target: (update(OutboundRow).where(
+    OutboundRow.id == bindparam("outbound_id"),
+    OutboundRow.state.in_(sources(OUTBOX_MOVES, target)))
+    .values(state=target, last_error=bindparam("why"), finished_at=bindparam("now"),
+            attempts=OutboundRow.attempts + bindparam("tried"), lease_until=None,
+            lease_holder=None)
+    .returning(OutboundRow.inbound_id, OutboundRow.booking_id))
+    for target in OutboxState if sources(OUTBOX_MOVES, target)}
+
+
+def retry_outbound(s: Session, outbound_id: int, why: str, at: datetime) -> bool:
+    """Count a failed attempt of a copy still queued and make it due again ``at``; False
+    when it is no longer queued (another worker finished it)."""
+    return s.connection().scalar(
+        _RETRY, {"outbound_id": outbound_id, "why": why[:2000], "at": at}) is not None
+
+
+def move_outbound(s: Session, outbound_id: int, to: OutboxState, now: datetime, *, why: str,
+                  tried: bool = False) -> tuple[int | None, int | None] | None:
+    """Move a copy to ``to`` if :data:`OUTBOX_MOVES` allows it from the state it is in, with
+    ``why`` (an :class:`UndeliverableCause` while a notice is owed, counting an attempt if
+    ``tried``); its (inbound id, booking id), or None when the move is not allowed."""
+    row = s.connection().execute(_MOVE[to], {"outbound_id": outbound_id, "why": why[:2000],
+                                             "now": now, "tried": int(tried)}).first()
+    return None if row is None else (row[0], row[1])
+
+
+def park_outbound(s: Session, outbound_id: int, error: str, now: datetime) -> bool:
+    """Set a copy aside for a human after an unexpected error, with the error in the archive
+    of its message; False when it was not ours to park any more."""
+    moved = move_outbound(s, outbound_id, OutboxState.FAILED, now, why=error)
+    if moved is None:
+        return False
+    inbound_id, booking_id = moved
+    if inbound_id is not None:
+        add_archive_entry(s, ArchiveEntry(inbound_id, booking_id, None, "", Outcome.FAILED,
+                                          f"outgoing copy {outbound_id}: {error}"), now)
+    return True
+
+
+@dataclass(frozen=True)
+class Owed:
+    """A copy that did not arrive, whose sender is owed a notice."""
+
+    id: int
+    state: OutboxState
+    kind: str
+    cause: str  # an UndeliverableCause value
+    inbound_id: int | None
+    booking_id: int | None
+    recipient_role: Role | None
+    rcpt_to: str
+
+
+_DUE_OWED = select(OutboundRow.id).where(
+    OutboundRow.state.in_(tuple(OWES_NOTICE)),
+    or_(OutboundRow.lease_until.is_(None), OutboundRow.lease_until < bindparam("now")),
+).order_by(OutboundRow.id).limit(bindparam("limit")).with_for_update(skip_locked=True)
+_LEASE_OWED = (update(OutboundRow).where(OutboundRow.id.in_(bindparam("ids", expanding=True)))
+               .values(lease_until=bindparam("until"), lease_holder=bindparam("holder"))
+               .returning(OutboundRow.id, OutboundRow.state, OutboundRow.kind,
+                          OutboundRow.last_error, OutboundRow.inbound_id,
+                          OutboundRow.booking_id, OutboundRow.recipient_role,
+                          OutboundRow.rcpt_to))
+
+
+def claim_owed(s: Session, *, limit: int, now: datetime, lease: timedelta,
+               holder: str | None = None) -> list[Owed]:
+    """Lease copies whose senders are owed a notice, as :func:`claim_outbound` does."""
+    db = s.connection()
+    ids = list(db.scalars(_DUE_OWED, {"now": now, "limit": limit}))
+    if not ids:
+        return []
+    rows = db.execute(_LEASE_OWED, {"ids": ids, "until": now + lease, "holder": holder})
+    return sorted((Owed(row.id, OutboxState(row.state), row.kind, row.last_error or "",
+                        row.inbound_id, row.booking_id,
+                        None if row.recipient_role is None else Role(row.recipient_role),
+                        row.rcpt_to) for row in rows), key=lambda o: o.id)
 
 
 @dataclass(frozen=True)
