@@ -1,17 +1,34 @@
-"""Is a message really from the domain of its sender's registered address? SPF, DKIM, DMARC.
+"""Is a message really from the party whose address it claims? SPF, DKIM, DMARC.
 
 The RCPT gate only compares MAIL FROM with the party's registered address, and anyone can
 forge MAIL FROM; this is the DATA-time check that refuses spoofed senders (PRODUCT.md,
 "Relaying"). One DNS resolver, asynchronous, serves all three checks, which run at once.
 
+* The From header must hold exactly one mailbox, and it must be the envelope sender, which
+  the gate has already found to be the booking's party: the rest of the relay (gate,
+  rules, composing) knows the sender by the envelope alone, so a From that shows anyone
+  else would be authenticated for the wrong person. RFC 5322 3.6 wants exactly one From
+  field with a mailbox list; RFC 7489 6.6.1 lets a receiver refuse any other shape, or
+  evaluate DMARC for every domain and apply the strictest. The relay refuses every other
+  shape outright (:class:`FromShape`): a missing or empty From, several From fields,
+  several addresses, a group (``undisclosed-recipients:;``) or an address that cannot be
+  read. None of them can be the one party the relay speaks for, whatever the DNS says,
+  so they are refused before DNS errors are considered (550, never 451), and no policy
+  of any domain can let them through. Evaluating every domain would only matter for a
+  shape the relay does not accept anyway.
 * SPF (RFC 7208) is evaluated in :mod:`mailveil.authn.spf`.
-* DKIM keys are fetched here, concurrently, then dkimpy verifies in a worker thread from
-  those answers: no second, blocking resolver to configure, and the RSA arithmetic (pure
-  Python) stays off the event loop.
+* DKIM keys are fetched here, concurrently, then dkimpy parses and verifies in a worker
+  thread from those answers: no second, blocking resolver to configure, and neither the
+  line splitting of a 13 MiB message (over 100 ms) nor the RSA arithmetic (pure Python)
+  runs on the event loop, where it would stall every other SMTP session.
 * DMARC (RFC 7489) finds the policy at the From domain, then at its organizational domain
   from the Public Suffix List (the ``publicsuffixlist`` package, which ships the list).
   ``pct`` is ignored: a failing message is refused every time, the relay has no spam
   folder to put a sampled share in.
+* A message that nothing refuses but nothing proves either (no aligned SPF or DKIM pass:
+  the domain publishes nothing, or only ``~all``/``?all``, or ``p=none``) is *unverified*:
+  accepted, marked so in the archive and in the recipient's banner, or refused when the
+  operator sets ``MAILVEIL_REFUSE_UNVERIFIED``.
 """
 
 from __future__ import annotations
@@ -23,6 +40,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from email.parser import BytesHeaderParser
 from email.policy import compat32
+from email.policy import default as default_policy
 from email.utils import getaddresses
 from enum import StrEnum
 from typing import Final, Literal
@@ -34,6 +52,7 @@ from publicsuffixlist import PublicSuffixList
 
 from mailveil.authn.lookup import DNS_TIMEOUT, TempError, domain_of, normalized, query
 from mailveil.authn.spf import SpfResult, check_spf
+from mailveil.domain.addresses import same_mailbox
 from mailveil.mail.mime import header_block
 
 DkimResult = Literal["pass", "fail", "temperror"]
@@ -42,12 +61,39 @@ Policy = Literal["none", "quarantine", "reject"]
 
 MAX_DKIM_SIGNATURES: Final = 5  # more is no sender's need, only a way to make us do work
 
+
+class FromShape(StrEnum):
+    """What the From header holds; only ``ONE`` is evaluated, the rest are refused."""
+
+    ONE = "one mailbox"
+    MISSING = "missing"
+    SEVERAL_FIELDS = "several From fields"
+    SEVERAL_ADDRESSES = "several addresses"
+    GROUP = "group"
+    NO_ADDRESS = "no address"  # empty, "<>", or nothing that reads as local@domain
+
+
 # Reasons, with the enhanced status code (RFC 3463, RFC 7372): the listener answers
 # "550 <reason>" on REJECT and "451 <reason>" on TEMPFAIL. None names an address.
 AUTHENTICATED: Final = "2.7.0 Sender authenticated"
-NOT_REFUSED: Final = "2.7.0 No authentication failure"
-FROM_MISMATCH: Final = ("5.7.1 The From header must show one address, at the domain of the "
-                        "sender address registered for this booking")
+UNVERIFIED: Final = ("2.7.0 Sender not verified: the domain publishes no SPF, DKIM or DMARC "
+                     "that proves it sent this message")
+UNVERIFIED_REFUSED: Final = ("5.7.27 The sender's domain publishes no SPF, DKIM or DMARC that "
+                             "proves it sent this message, and this relay accepts only mail "
+                             "it can verify")
+FROM_MISMATCH: Final = ("5.7.1 The From header must show the sender address registered for "
+                        "this booking")
+FROM_REFUSED: Final[dict[FromShape, str]] = {
+    FromShape.MISSING: "5.7.1 The message has no From header: it must show exactly one "
+                       "sender address",
+    FromShape.SEVERAL_FIELDS: "5.7.1 The message has several From headers: it must have "
+                              "exactly one",
+    FromShape.SEVERAL_ADDRESSES: "5.7.1 The From header shows several addresses: it must show "
+                                 "exactly one",
+    FromShape.GROUP: "5.7.1 The From header is a group: it must show the sender's own address",
+    FromShape.NO_ADDRESS: "5.7.1 The From header shows no readable address: it must show the "
+                          "sender's own address",
+}
 DMARC_FAIL: Final = ("5.7.26 Message fails DMARC authentication and the sender's domain asks "
                      "receivers to refuse such mail")
 SPF_FAIL: Final = ("5.7.23 The sending server is not allowed by the SPF record of the sender's "
@@ -70,8 +116,19 @@ class Authenticity:
     dkim: tuple[tuple[str, DkimResult], ...]  # (d= domain, result), in header order
     dmarc: DmarcResult
     policy: Policy  # of the From domain; "none" when it publishes no DMARC record
-    from_domain: str  # "" when the From header does not name exactly one address
-    mail_from_domain: str  # "" for the null sender
+    from_shape: FromShape
+    from_address: str  # the one From mailbox; "" unless from_shape is ONE
+    mail_from: str  # "" for the null sender
+    refuse_unverified: bool = False  # the operator's MAILVEIL_REFUSE_UNVERIFIED
+
+    @property
+    def from_domain(self) -> str:
+        return domain_of(self.from_address)
+
+    @property
+    def verified(self) -> bool:
+        """An aligned SPF or DKIM pass proves that the From domain sent the message."""
+        return self.dmarc == "pass"
 
     @property
     def verdict(self) -> Verdict:
@@ -82,14 +139,14 @@ class Authenticity:
         return self._decision()[1]
 
     def _decision(self) -> tuple[Verdict, str]:
-        # A party may not show someone else's domain in From. The null sender (a bounce)
-        # has no registered address to compare with: DMARC alone judges its From. With no
-        # usable From (none, or several addresses) only SPF can judge, and nobody will see
-        # it: the relay writes its own From.
-        if (self.mail_from_domain and self.from_domain
-                and self.from_domain != self.mail_from_domain):
+        # The From shape and the From mailbox are facts of the message alone: refused
+        # before anything the DNS said. The null sender (a bounce) has no registered
+        # address to compare with: DMARC alone judges its From.
+        if self.from_shape is not FromShape.ONE:
+            return Verdict.REJECT, FROM_REFUSED[self.from_shape]
+        if self.mail_from and not same_mailbox(self.from_address, self.mail_from):
             return Verdict.REJECT, FROM_MISMATCH
-        if self.dmarc == "pass":
+        if self.verified:
             return Verdict.ACCEPT, AUTHENTICATED
         if self.dmarc == "temperror":
             return Verdict.TEMPFAIL, DNS_TEMPFAIL
@@ -98,37 +155,77 @@ class Authenticity:
         # No DMARC record, or p=none (monitoring): the domain's SPF hard fail still counts.
         if self.spf == "fail":
             return Verdict.REJECT, SPF_FAIL
-        return Verdict.ACCEPT, NOT_REFUSED
+        if self.refuse_unverified:
+            return Verdict.REJECT, UNVERIFIED_REFUSED
+        return Verdict.ACCEPT, UNVERIFIED
 
 
 async def check(raw: bytes, *, client_ip: str, helo: str, mail_from: str,
-                resolver: Resolver) -> Authenticity:
+                resolver: Resolver, refuse_unverified: bool = False) -> Authenticity:
     """SPF, DKIM and DMARC for a message received from ``client_ip``.
 
     ``mail_from`` is the envelope sender, "" for the null sender (then SPF checks the HELO
     name, RFC 7208 2.4). DNS failures come back as temperror results, never as exceptions.
     """
-    from_domain = _from_domain(header_block(raw))
+    shape, from_address, signatures = await asyncio.to_thread(_read_headers, header_block(raw))
+    from_domain = domain_of(from_address)
     mail_from_domain = domain_of(mail_from)
     spf_domain = mail_from_domain or normalized(helo)
-    spf, signatures, record = await asyncio.gather(
-        check_spf(resolver, client_ip, spf_domain), verify_dkim(raw, resolver),
+    spf, dkim_results, record = await asyncio.gather(
+        check_spf(resolver, client_ip, spf_domain), _verify_dkim(raw, signatures, resolver),
         _find_dmarc(resolver, from_domain))
     return Authenticity(
-        spf=spf, dkim=signatures,
-        dmarc=_dmarc_result(spf, spf_domain, signatures, from_domain, record),
+        spf=spf, dkim=dkim_results,
+        dmarc=_dmarc_result(spf, spf_domain, dkim_results, from_domain, record),
         policy=record.policy if isinstance(record, _Dmarc) else "none",
-        from_domain=from_domain, mail_from_domain=mail_from_domain)
+        from_shape=shape, from_address=from_address, mail_from=mail_from,
+        refuse_unverified=refuse_unverified)
 
 
-def _from_domain(raw: bytes) -> str:
-    """The domain of the one address of the one From header; "" when there is not exactly
-    one, as RFC 7489 6.6.1 allows refusing such a message."""
-    values = BytesHeaderParser(policy=compat32).parsebytes(raw).get_all("From") or []
-    addresses = getaddresses([str(value) for value in values])
-    if len(values) != 1 or len(addresses) != 1:
-        return ""
-    return domain_of(addresses[0][1])
+_Signature = dict[bytes, bytes] | None  # a DKIM-Signature's tags; None when malformed
+
+
+def _read_headers(head: bytes) -> tuple[FromShape, str, list[_Signature]]:
+    """The From shape, its one mailbox, and the DKIM signatures (at most
+    :data:`MAX_DKIM_SIGNATURES`; none when dkimpy cannot parse the header block).
+
+    Runs in a worker thread: a header block may be megabytes of an attacker's text."""
+    shape, address = from_shape(head)
+    try:
+        headers, _ = dkim.rfc822_parse(head)
+    except dkim.DKIMException:
+        return shape, address, []
+    signatures = [_tags(value) for name, value in headers if name.lower() == b"dkim-signature"]
+    return shape, address, signatures[:MAX_DKIM_SIGNATURES]
+
+
+def from_shape(head: bytes) -> tuple[FromShape, str]:
+    """The shape of the From header in ``head`` and, for ``ONE``, its mailbox."""
+    values = BytesHeaderParser(policy=compat32).parsebytes(head).get_all("From") or []
+    if not values:
+        return FromShape.MISSING, ""
+    if len(values) > 1:
+        return FromShape.SEVERAL_FIELDS, ""
+    value = str(values[0])
+    if _is_group(value):
+        return FromShape.GROUP, ""
+    addresses = [address for _, address in getaddresses([value])]
+    readable = [a for a in addresses if re.fullmatch(r"[^@\s]+@[^@\s]+", a)]
+    if len(addresses) > 1 and len(readable) > 1:
+        return FromShape.SEVERAL_ADDRESSES, ""
+    if len(addresses) != 1 or len(readable) != 1:
+        return FromShape.NO_ADDRESS, ""
+    return FromShape.ONE, readable[0]
+
+
+def _is_group(value: str) -> bool:
+    """RFC 5322 group syntax (``name: members;``), which the stdlib's address-list parser
+    recognises; a value it cannot parse at all is no group (and no readable address)."""
+    try:
+        groups = default_policy.header_factory("From", value).groups
+    except Exception:  # the stdlib parser fails on some hostile values
+        return False
+    return any(group.display_name is not None for group in groups)
 
 
 @functools.cache
@@ -154,21 +251,16 @@ def _aligned(domain: str, from_domain: str, *, strict: bool) -> bool:
 _Key = bytes | Literal["none", "temperror"]
 
 
-async def verify_dkim(raw: bytes, resolver: Resolver) -> tuple[tuple[str, DkimResult], ...]:
-    """(d= domain, result) for each DKIM-Signature, top first, at most
-    :data:`MAX_DKIM_SIGNATURES`; a message dkimpy cannot parse has none."""
-    if not re.search(rb"(?im)^dkim-signature\s*:", header_block(raw)):
-        return ()  # dkimpy would split the whole body into lines to find nothing
-    try:
-        verifier = dkim.DKIM(raw)
-    except dkim.DKIMException:
+async def _verify_dkim(raw: bytes, signatures: list[_Signature], resolver: Resolver
+                       ) -> tuple[tuple[str, DkimResult], ...]:
+    """(d= domain, result) for each signature, top first: keys fetched here, on the loop
+    (DNS waits, it does not compute), then checked in a worker thread."""
+    if not signatures:
         return ()
-    signatures = [_tags(value) for name, value in verifier.headers
-                  if name.lower() == b"dkim-signature"][:MAX_DKIM_SIGNATURES]
     names = sorted({_key_name(tags) for tags in signatures if tags is not None})
     keys = dict(zip(names, await asyncio.gather(*(_fetch_key(resolver, n) for n in names)),
                     strict=True))
-    return await asyncio.to_thread(_verify_all, verifier, signatures, keys)
+    return await asyncio.to_thread(_verify_all, raw, signatures, keys)
 
 
 def _tags(value: bytes) -> dict[bytes, bytes] | None:
@@ -192,9 +284,14 @@ async def _fetch_key(resolver: Resolver, name: bytes) -> _Key:
     return found[0].encode("latin-1") if found else "none"
 
 
-def _verify_all(verifier: dkim.DKIM, signatures: list[dict[bytes, bytes] | None],
-                keys: dict[bytes, _Key]) -> tuple[tuple[str, DkimResult], ...]:
-    """Runs in a worker thread: RSA in pure Python holds the CPU for milliseconds."""
+def _verify_all(raw: bytes, signatures: list[_Signature], keys: dict[bytes, _Key]
+                ) -> tuple[tuple[str, DkimResult], ...]:
+    """Runs in a worker thread: dkimpy splits the whole message into lines, and does RSA
+    in pure Python. A message it cannot parse has no signature it could verify."""
+    try:
+        verifier = dkim.DKIM(raw)
+    except dkim.DKIMException:
+        return ()
     return tuple(_verify_one(verifier, index, tags, keys[_key_name(tags)] if tags else "none")
                  for index, tags in enumerate(signatures))
 
