@@ -15,6 +15,7 @@ from dns.rdtypes.ANY.MX import MX
 from dns.rdtypes.ANY.TXT import TXT
 
 DNS_TIMEOUT: Final = 5.0  # seconds for one lookup, all tries included
+MAX_DOMAIN: Final = 253  # RFC 1035 2.3.4, in octets; an A-label is never shorter
 
 
 def make_resolver(nameserver: str | None, *, timeout: float = DNS_TIMEOUT) -> Resolver:
@@ -81,9 +82,13 @@ def text(rdata: dns.rdata.Rdata) -> str:
 
 
 def normalized(domain: str) -> str:
-    """Lower case, no final dot, A-labels: how two spellings of one domain compare equal."""
+    """Lower case, no final dot, A-labels: how two spellings of one domain compare equal.
+
+    A name longer than any domain is left as written: the IDNA codec is pure Python, and
+    a From header can hold megabytes.
+    """
     domain = domain.strip().rstrip(".").lower()
-    if not domain.isascii():
+    if not domain.isascii() and len(domain) <= MAX_DOMAIN:
         # Not a valid IDN: compared as written, and found nowhere in the DNS.
         with contextlib.suppress(UnicodeError):
             domain = domain.encode("idna").decode("ascii")

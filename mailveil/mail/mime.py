@@ -9,12 +9,12 @@ gives back ``raw`` for any input; the stdlib is used to *read* headers, never to
 from __future__ import annotations
 
 import binascii
+import codecs
 import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from email import policy
-from email.header import decode_header, make_header
 from email.headerregistry import (
     AddressHeader,
     BaseHeader,
@@ -29,11 +29,19 @@ from email.utils import format_datetime, parsedate_to_datetime
 from functools import cached_property
 from typing import NamedTuple, cast
 
+from mailveil.mail.charsets import decode_words
+
 MAX_DEPTH = 50
 """Nesting deeper than this is kept as one opaque leaf: no mail client shows it anyway."""
 
 MAX_STRUCTURED_HEADER = 20_000
 """The stdlib header parser is slow on huge values (quadratic in places); past this, fall back."""
+
+MAX_LINE = 998
+"""RFC 5322 2.1.1: the longest line, CRLF not counted, that every receiver must take."""
+
+MAX_ENCODING_DEPTH = 8
+"""Encoded words inside encoded words are decoded this deep; beyond, they are defused."""
 
 _NAME = rb"[!-9;-~]+"
 _REST = rb"[ \t]*:[^\n]*(?:\n|\Z)(?:[ \t][^\n]*(?:\n|\Z))*"
@@ -79,6 +87,23 @@ _PLAIN_MIME_VALUE = {
 }
 _PLAIN_PARAM = re.compile(rf"[ \t]*;[ \t]*({_PARAM_TOKEN})=(?:({_PARAM_TOKEN})|{_QUOTED})")
 _PARAMS_END = re.compile(r"(?:[ \t]*;)?\Z")
+
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+"""What would break a header line or hide in one: C0, DEL, C1 (NEL) and Unicode line breaks."""
+_WORD = r"=\?([^?]*)\?([bBqQ])\?([^?]*)\?="
+"""An RFC 2047 encoded word as leniently as any reader takes one (the stdlib's parser takes
+white space inside, an unknown charset, a charset ``*language``): a superset of theirs."""
+_ENCODED_WORD = re.compile(_WORD)
+_ENCODED_RUN = re.compile(rf"{_WORD}(?:\s+{_WORD})*")
+"""Adjacent encoded words: the white space between them is not part of the text."""
+_REFUSED_CHARSETS = frozenset({"punycode", "idna"})
+"""Codecs whose decoder is quadratic in the input; their words are read as ASCII."""
+_FOLD_AT = 78
+"""RFC 5322's recommended line length, where :func:`fold_text` breaks lines."""
+_WORD_BYTES = 45
+"""UTF-8 bytes per encoded word: base64 makes 60 characters, 72 with ``=?utf-8?b?...?=``."""
+_BAD_IN_LINE = re.compile(r"[^\t -~]")
+"""In a folded line: anything but printable ASCII, space and tab."""
 
 
 class Mailbox(NamedTuple):
@@ -137,10 +162,21 @@ class Field:
             return text
         if self.parsed is not None:
             return str(self.parsed)
-        try:
-            return str(make_header(decode_header(text)))
-        except Exception:
-            return text
+        return decode_words(text)
+
+    @cached_property
+    def hides_a_line_break(self) -> bool:
+        """Whether a reader decoding its encoded words meets a control character or more
+        encoded words, which may hold one: written out again, it must be decoded first."""
+        if "=?" not in self.text:
+            return False
+        once = _decode_words(self.text)
+        return "=?" in once or _CONTROLS.search(once) is not None
+
+    @cached_property
+    def too_long(self) -> bool:
+        """Whether a line of the field is over ``MAX_LINE`` characters."""
+        return any(len(line.rstrip(b"\r")) > MAX_LINE for line in self.raw.split(b"\n"))
 
     @cached_property
     def mailboxes(self) -> tuple[Mailbox, ...] | None:
@@ -326,21 +362,160 @@ class Entity:
 
 
 def fold(name: str, value: str, newline: bytes = b"\r\n") -> bytes:
-    """``name: value`` folded per RFC 5322, non-ASCII as RFC 2047 words or RFC 2231 params.
+    """``name: value`` folded per RFC 5322, non-ASCII as RFC 2047 words or RFC 2231 params;
+    empty when it cannot be written within ``MAX_LINE`` (the field is then dropped).
 
-    A value the structured parser cannot fold is folded as unstructured text instead, lone
-    surrogates (undecodable bytes) replaced: with them even that folder can raise.
+    ``value`` is header syntax, as a reader would unfold it. Whatever it holds, the result
+    is one field: the value is first made safe (:func:`safe_value`), and a stdlib result
+    with a line break that is not a fold, a control character or a line over ``MAX_LINE``
+    is replaced by :func:`fold_text`'s. Huge values skip the stdlib folder, which is
+    quadratic in their length. A value the structured parser cannot fold is folded as
+    unstructured text, lone surrogates (undecodable bytes) replaced.
     """
+    value = safe_value(value)
     line = _plain_line(name, value)
     if line is not None:
         return line.encode("ascii") + newline
-    folding = policy.default.clone(linesep=newline.decode("ascii"))
+    linesep = newline.decode("ascii")
+    if len(value) <= MAX_STRUCTURED_HEADER:
+        folding = policy.default.clone(linesep=linesep)
+        try:
+            folded: str = folding.header_factory(name, value).fold(policy=folding)
+        except Exception:
+            text = value.encode("utf-8", "replace").decode("utf-8")
+            folded = _UNSTRUCTURED(name, text).fold(policy=folding)
+        if _well_folded(folded, linesep):
+            return folded.encode("ascii")
+    unstructured = issubclass(_kind(name), UnstructuredHeader)
+    return fold_text(name, header_text(value), newline, encode_long=unstructured)
+
+
+def header_text(value: str) -> str:
+    """What a reader may be shown of ``value`` at any depth: encoded words decoded again and
+    again until none is left, control characters replaced by a space after each step.
+
+    Decoded text is attacker-controlled: a CR LF inside an encoded word, or inside an
+    encoded word inside one, would start a new header line wherever it is written out. Past
+    ``MAX_ENCODING_DEPTH`` the words left are defused (``=?`` becomes ``= ?``), which
+    keeps the work linear.
+    """
+    text = _CONTROLS.sub(" ", value)
+    for _ in range(MAX_ENCODING_DEPTH):
+        if "=?" not in text:
+            return text
+        decoded = _CONTROLS.sub(" ", _decode_words(text))
+        if decoded == text:
+            return text
+        text = decoded
+    return text.replace("=?", "= ?")
+
+
+def safe_value(value: str) -> str:
+    """``value`` with no control character, and every encoded word replaced by a fresh one
+    of its :func:`header_text`: the structure (a word in a display name or a parameter
+    stays one) is kept, but nothing a reader decodes, at any depth, can break a line."""
+    value = _CONTROLS.sub(" ", value)
+    if "=?" not in value:
+        return value
+    return _ENCODED_RUN.sub(lambda run: _encoded(header_text(run.group(0))), value)
+
+
+def fold_text(name: str, text: str, newline: bytes = b"\r\n", *, encode_long: bool) -> bytes:
+    """``name: text`` folded in linear time at its spaces, lines kept to 78 characters
+    where the words allow; empty when that is impossible within ``MAX_LINE``.
+
+    ``text`` is what the reader is to see: words with non-ASCII or ``=?`` become UTF-8
+    encoded words (a run of them together, since the space between two encoded words is
+    not text), and so do words too long for a line when ``encode_long``. Without it (a
+    structured field, where that would change the meaning) a word too long for any line
+    makes the field impossible. Runs of white space become one space.
+    """
+    head = f"{name}:"
+    if len(head) >= MAX_LINE or _BAD_IN_LINE.search(name):
+        return b""
+    atoms: list[str] = []
+    pending: list[str] = []
+    for word in _CONTROLS.sub(" ", text).split(" "):
+        plain = word.isascii() and "=?" not in word
+        if not word:
+            continue
+        if plain and (len(word) <= _FOLD_AT or (not encode_long and len(word) < MAX_LINE)):
+            atoms.extend(_encoded_words(" ".join(pending)))
+            pending = []
+            atoms.append(word)
+        elif plain and not encode_long:
+            return b""
+        else:
+            pending.append(word)
+    atoms.extend(_encoded_words(" ".join(pending)))
+    lines = [head]
+    for atom in atoms:
+        if len(lines[-1]) + 1 + len(atom) > _FOLD_AT and lines[-1] != head:
+            lines.append("")
+        lines[-1] += " " + atom
+    return newline.join(line.encode("ascii") for line in lines) + newline
+
+
+def _well_folded(folded: str, linesep: str) -> bool:
+    """Whether ``folded`` is one field: each line break a fold, no line over ``MAX_LINE``."""
+    lines = folded.split(linesep)
+    return (
+        lines[-1] == ""
+        and all(0 < len(line) <= MAX_LINE for line in lines[:-1])
+        and all(line[0] in " \t" and line.strip() for line in lines[1:-1])
+        and not any(_BAD_IN_LINE.search(line) for line in lines[:-1])
+    )
+
+
+def _decode_words(text: str) -> str:
+    """``text`` with each run of encoded words replaced by its text, linear in its length."""
+    return _ENCODED_RUN.sub(
+        lambda run: "".join(_decoded_word(*w.groups()) for w in _ENCODED_WORD.finditer(run[0])),
+        text,
+    )
+
+
+def _decoded_word(charset: str, encoding: str, data: str) -> str:
+    """One word's text; an unknown or refused charset reads as ASCII, as the stdlib does."""
+    raw = data.encode("utf-8", "replace")
+    if encoding in "qQ":
+        raw = binascii.a2b_qp(raw, header=True)
+    else:
+        raw = raw.translate(None, b" \t\r\n")
+        try:
+            raw = binascii.a2b_base64(raw + b"=" * (-len(raw) % 4))
+        except (binascii.Error, ValueError):
+            return ""
     try:
-        folded: str = folding.header_factory(name, value).fold(policy=folding)
-    except Exception:
-        text = value.encode("utf-8", "replace").decode("utf-8")
-        folded = _UNSTRUCTURED(name, text).fold(policy=folding)
-    return folded.encode("ascii", "replace")
+        info: codecs.CodecInfo | None = codecs.lookup(charset.partition("*")[0].strip())
+    except (LookupError, ValueError):
+        info = None
+    usable = info is not None and getattr(info, "_is_text_encoding", True)
+    codec = info.name if info is not None and usable else "ascii"
+    try:
+        return raw.decode("ascii" if codec in _REFUSED_CHARSETS else codec, "replace")
+    except (UnicodeError, LookupError, TypeError, ValueError):
+        return raw.decode("ascii", "replace")
+
+
+def _encoded(text: str) -> str:
+    """One UTF-8 encoded word of ``text``, or nothing when there is no text."""
+    return " ".join(_encoded_words(text))
+
+
+def _encoded_words(text: str) -> list[str]:
+    """``text`` as base64 UTF-8 encoded words of at most 72 characters, cut between
+    characters; base64 is valid wherever an encoded word may stand (RFC 2047 5)."""
+    data = text.encode("utf-8", "replace")
+    words: list[str] = []
+    start = 0
+    while start < len(data):
+        end = min(start + _WORD_BYTES, len(data))
+        while end < len(data) and end > start + 1 and data[end] & 0xC0 == 0x80:
+            end -= 1  # not in the middle of a character
+        words.append(f"=?utf-8?b?{binascii.b2a_base64(data[start:end], newline=False).decode()}?=")
+        start = end
+    return words
 
 
 def is_plain_addr_spec(text: str) -> bool:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from email.charset import Charset
-from email.header import decode_header, make_header
 from functools import lru_cache
+
+from mailveil.mail.charsets import decode_words
 
 _AT_FORMS = r"(?:@|%40|=40|&#0*64;|&#[xX]0*40;|&commat;)"
 _BEFORE = r"(?:(?<![\w.+-])|(?<=%[0-9A-Fa-f]{2}))"
@@ -98,9 +99,6 @@ def _swapper(pairs: tuple[tuple[str, str], ...], in_file_name: bool) -> Callable
 
 def _scrub_encoded(run: str, swap: Callable[[str], str]) -> str:
     """Decode a run of encoded words; re-encode it as UTF-8 only when an address was in it."""
-    try:
-        decoded = str(make_header(decode_header(run)))
-    except Exception:
-        return run
+    decoded = decode_words(run)
     scrubbed = swap(decoded)
     return run if scrubbed == decoded else _UTF8.header_encode(scrubbed)
