@@ -129,8 +129,7 @@ def main() -> None:
             wait_for_port(port)
             transports = [SmarthostTransport("127.0.0.1", port) for _ in range(4)]
         deliverer = Deliverer(sessions, transports, Policy(
-            timedelta(minutes=1), timedelta(hours=1), timedelta(days=5), batch=args.batch),
-            processor.give_up)
+            timedelta(minutes=1), timedelta(hours=1), timedelta(days=5), batch=args.batch))
 
         profiler = cProfile.Profile() if args.profile else None
         if profiler:

@@ -19,6 +19,9 @@ RCPT_REFUSED = Counter("mailveil_rcpt_refused", "Recipients refused during SMTP"
 DEFERRED = Counter("mailveil_messages_deferred", "DATA answered 4xx", ["reason"])
 DECIDED = Counter("mailveil_messages_decided", "Per-recipient outcomes after processing",
                   ["outcome"])
+ERRORS = Counter("mailveil_unexpected_errors",
+                 "Exceptions nobody expected, by stage; each parked one message or deferred it",
+                 ["stage"])
 ATTEMPTS = Counter("mailveil_delivery_attempts", "Delivery attempts", ["outcome"])
 SCAN_SECONDS = Histogram("mailveil_scan_seconds", "Virus scan time per message")
 DNS_SECONDS = Histogram("mailveil_dns_check_seconds", "SPF/DKIM/DMARC check time per message")

@@ -17,6 +17,7 @@ from mailveil.mail.inspect import MessageFacts
 from mailveil.mail.mime import header_block
 from mailveil.mail.notices import Notice, Reason, UndeliverableCause, build_notice
 from mailveil.mail.rewrite import RewritePlan, rewrite
+from mailveil.pipeline.rules import MAX_ATTACHMENT_MB
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,6 @@ class Voice:
     grace: timedelta
     contact_form_url: str
     banner_style: str = BOX_STYLE
-    max_attachment_mb: int = 10
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ def notice(*, reason: Reason, cause: UndeliverableCause | None, booking: Booking
         original_subject=facts.subject, original_message_id=facts.message_id,
         original_headers=header_block(original),  # their own headers
         final_recipient=book.relay_address(sender_role.other, booking.token(sender_role.other)),
-        contact_form_url=voice.contact_form_url, max_attachment_mb=voice.max_attachment_mb,
+        contact_form_url=voice.contact_form_url, max_attachment_mb=MAX_ATTACHMENT_MB,
         message_id=message_id, date=now, grace_days=voice.grace.days,
     ))
     return raw, message_id

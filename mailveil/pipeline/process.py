@@ -3,8 +3,13 @@ rules, and writes the batch's archive entries and outbox rows in one transaction
 
 A batch is three steps: claim (one short transaction that also reads the batch's bookings;
 the threading ids its replies refer to are read next, when there are replies), decide and
-compose (no database: rules, rewriting, DKIM), record (one short transaction, a statement
-per table). Per-message transactions cost more than the messages' own work did.
+compose (no database: rules, rewriting, DKIM, reading bounces), record (one short
+transaction, a statement per table). Per-message transactions cost more than the messages'
+own work did.
+
+Then the senders of copies that did not arrive are told, in the same three steps: delivery
+and bounces only mark a copy undeliverable or returned (see :mod:`mailveil.domain.states`),
+and the notice is composed and signed here, between two short transactions.
 
 A message whose processing raises is marked ``failed`` with the error and an archive entry,
 and waits for a human (``mailveil`` never drops what it answered 250 for). If writing a
@@ -19,33 +24,31 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from sqlalchemy.orm import Session
 
 from mailveil.domain.addresses import AddressBook, Kind, Role, new_bounce_token
+from mailveil.domain.states import OWES_NOTICE, OutboxState
 from mailveil.domain.threading import IdPair
 from mailveil.domain.verdicts import Outcome
-from mailveil.mail.bounces import parse_report
+from mailveil.mail.bounces import BounceReport, parse_report
 from mailveil.mail.inspect import MessageFacts, facts
 from mailveil.mail.notices import Reason, UndeliverableCause
-from mailveil.metrics import DECIDED
+from mailveil.metrics import DECIDED, ERRORS
 from mailveil.pipeline import compose
 from mailveil.pipeline.rules import Context, Recipient, decide, may_notify
 from mailveil.store import repository as repo
 from mailveil.store.db import DATABASE_UNAVAILABLE
-from mailveil.store.models import BookingRow, InboundRow, OutboundRow
 
 log = logging.getLogger(__name__)
 
 Signer = Callable[[bytes], bytes]
 
-REASON_OF: dict[Outcome, Reason] = {
-    Outcome.REFUSED_VIRUS: Reason.VIRUS,
-    Outcome.REFUSED_SEVERAL_CUSTOMERS: Reason.SEVERAL_CUSTOMERS,
-    Outcome.REFUSED_TOO_LARGE: Reason.TOO_LARGE,
-    Outcome.REFUSED_EXPIRED: Reason.EXPIRED,
-    Outcome.REFUSED_UNDELIVERABLE: Reason.UNDELIVERABLE,
-}
+
+def reason_of(outcome: Outcome) -> Reason:
+    """The notice explaining a refusal: each ``refused_<reason>`` outcome names its reason."""
+    return Reason(outcome.removeprefix("refused_"))
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,8 @@ class Result:
     archive: list[repo.ArchiveEntry] = field(default_factory=list)
     outbound: list[repo.NewOutbound] = field(default_factory=list)
     pairs: list[tuple[int, IdPair]] = field(default_factory=list)
-    bounces: list[str] = field(default_factory=list)  # VERP tokens, matched when written
+    # VERP tokens, matched when written, with what the bounce says (None: not a bounce)
+    bounces: list[tuple[str, BounceReport | None]] = field(default_factory=list)
     error: str | None = None
 
     @classmethod
@@ -86,13 +90,47 @@ class Result:
                                                        Outcome.FAILED, error)], error=error)
 
 
+@dataclass
+class Explained:
+    """How the sender of a copy that did not arrive is told, written with its batch."""
+
+    owed: repo.Owed
+    to: OutboxState  # where the copy goes once this is written
+    why: str  # the cause, or the error that parked it
+    archive: list[repo.ArchiveEntry] = field(default_factory=list)
+    notice: repo.NewOutbound | None = None
+
+
+def notice_copy(p: Pipeline, inbound_id: int, raw: bytes, info: MessageFacts,
+                recipient: Recipient, reason: Reason, cause: UndeliverableCause | None,
+                now: datetime) -> repo.NewOutbound:
+    """Tell the sender of ``raw`` why it did not reach ``recipient``.
+
+    Sent from the null envelope sender (RFC 3464), so nothing can bounce back to it.
+    """
+    sender_role = recipient.role.other
+    notice_raw, message_id = compose.notice(
+        reason=reason, cause=cause, booking=recipient.booking, sender_role=sender_role,
+        original=raw, facts=info, book=p.book, voice=p.voice, now=now)
+    return repo.NewOutbound(
+        kind="notice", inbound_id=inbound_id, booking_id=recipient.booking_id,
+        recipient_role=sender_role, bounce_token=new_bounce_token(), mail_from="",
+        rcpt_to=recipient.booking.party(sender_role).email, message_id=message_id,
+        raw=p.sign(notice_raw),
+    )
+
+
 class Processor:
     def __init__(self, sessions: Callable[[], Session], pipeline: Pipeline) -> None:
         self._sessions = sessions
         self._p = pipeline
 
     def run_once(self, now: datetime) -> int:
-        """Process one batch; returns how many messages were taken."""
+        """Process one batch of accepted messages, then tell the senders of one batch of
+        copies that did not arrive; returns how many of either were taken."""
+        return self._process_batch(now) + self._explain_batch(now)
+
+    def _process_batch(self, now: datetime) -> int:
         with self._sessions() as s, s.begin():
             claimed = repo.claim_inbound(s, limit=self._p.batch, now=now, lease=self._p.lease,
                                          holder=self._p.holder)
@@ -108,15 +146,8 @@ class Processor:
         results += [self._process(message, info, known, now) for message, info in read]
         if not results:
             return 0
-        try:
-            with self._sessions() as s, s.begin():
-                self._record(s, results, now)
-        except DATABASE_UNAVAILABLE:
-            raise  # not the messages' fault: they stay leased and are taken again
-        except Exception:
-            log.exception("recording a batch failed; recording its messages one by one")
-            for result in results:
-                self._record_alone(result, now)
+        _write(self._sessions, results, lambda s, batch: self._record(s, batch, now),
+               lambda r, exc: Result.failed(r.message, exc))
         return len(claimed)
 
     def _tokens(self, claimed: list[repo.Claimed]) -> list[tuple[Role, str]]:
@@ -144,7 +175,9 @@ class Processor:
 
     @staticmethod
     def _failed(message: repo.Claimed, exc: Exception) -> Result:
-        log.exception("processing failed", extra={"inbound_id": message.id})
+        log.exception("processing failed; the message is parked",
+                      extra={"inbound_id": message.id})
+        ERRORS.labels(stage="processing").inc()
         return Result.failed(message, exc)
 
     def _decide(self, message: repo.Claimed, info: MessageFacts, known: Known,
@@ -156,7 +189,7 @@ class Processor:
             if parsed is None:
                 continue
             if parsed.kind is Kind.BOUNCE:
-                result.bounces.append(parsed.token)
+                result.bounces.append((parsed.token, parse_report(message.raw)))
                 continue
             assert parsed.role is not None
             stored = known.bookings.get((parsed.role, parsed.token))
@@ -175,8 +208,8 @@ class Processor:
                 self._relay(result, info, r, known)
             elif d.outcome not in told and self._may_notify(message.mail_from, info):
                 told.add(d.outcome)
-                result.outbound.append(self._notice(message.id, message.raw, info, r,
-                                                    REASON_OF[d.outcome], None, now))
+                result.outbound.append(notice_copy(self._p, message.id, message.raw, info, r,
+                                                   reason_of(d.outcome), None, now))
         return result
 
     def _relay(self, result: Result, info: MessageFacts, r: Recipient, known: Known) -> None:
@@ -195,24 +228,6 @@ class Processor:
             raw=self._p.sign(relayed.raw),
         ))
 
-    def _notice(self, inbound_id: int, raw: bytes, info: MessageFacts, recipient: Recipient,
-                reason: Reason, cause: UndeliverableCause | None,
-                now: datetime) -> repo.NewOutbound:
-        """Tell the sender of ``raw`` why it did not reach ``recipient``.
-
-        Sent from the null envelope sender (RFC 3464), so nothing can bounce back to it.
-        """
-        sender_role = recipient.role.other
-        notice_raw, message_id = compose.notice(
-            reason=reason, cause=cause, booking=recipient.booking, sender_role=sender_role,
-            original=raw, facts=info, book=self._p.book, voice=self._p.voice, now=now)
-        return repo.NewOutbound(
-            kind="notice", inbound_id=inbound_id, booking_id=recipient.booking_id,
-            recipient_role=sender_role, bounce_token=new_bounce_token(), mail_from="",
-            rcpt_to=recipient.booking.party(sender_role).email, message_id=message_id,
-            raw=self._p.sign(notice_raw),
-        )
-
     def _may_notify(self, mail_from: str, info: MessageFacts) -> bool:
         return may_notify(mail_from, info.auto_submitted, info.is_delivery_report,
                           self._p.book)
@@ -224,59 +239,127 @@ class Processor:
         # The others: our lease ran out and another worker did them meanwhile.
         results = [r for r in results if r.message.id in mine]
         for result in results:
-            for token in result.bounces:
-                self._record_bounce(s, result.message, token, now)
+            for token, report in result.bounces:
+                _record_bounce(s, result.message, token, report, now)
         repo.add_archive_entries(s, [e for r in results for e in r.archive], now)
         repo.add_id_pairs(s, [p for r in results for p in r.pairs])
         repo.queue_outbounds(s, [o for r in results for o in r.outbound], now)
         for entry in (e for r in results for e in r.archive):
             DECIDED.labels(outcome=entry.outcome).inc()
 
-    def _record_alone(self, result: Result, now: datetime) -> None:
-        try:
-            with self._sessions() as s, s.begin():
-                self._record(s, [result], now)
-        except DATABASE_UNAVAILABLE:
-            raise
-        except Exception as exc:
-            log.exception("recording failed", extra={"inbound_id": result.message.id})
-            with self._sessions() as s, s.begin():
-                self._record(s, [Result.failed(result.message, exc)], now)
+    # --- telling senders about copies that did not arrive --------------------------------
 
-    def _record_bounce(self, s: Session, message: repo.Claimed, token: str,
-                       now: datetime) -> None:
-        outbound = repo.outbound_by_bounce_token(s, token)
-        if outbound is None:
-            return
-        report = parse_report(message.raw)
-        detail = "unparseable bounce" if report is None else (
-            f"{'permanent' if report.permanent else 'temporary'}: {report.cause}")
-        repo.add_archive_entry(s, repo.ArchiveEntry(message.id, outbound.booking_id, None, "",
-                                                    Outcome.BOUNCE_RECORDED, detail), now)
-        if report is None or not report.permanent or outbound.state == "bounced":
-            return
+    def _explain_batch(self, now: datetime) -> int:
+        with self._sessions() as s, s.begin():
+            owed = repo.claim_owed(s, limit=self._p.batch, now=now, lease=self._p.lease,
+                                   holder=self._p.holder)
+            originals = repo.inbound_by_ids(s, {o.inbound_id for o in owed
+                                                if o.inbound_id is not None})
+            bookings = repo.bookings_by_ids(s, {o.booking_id for o in owed
+                                                if o.booking_id is not None})
+        if not owed:
+            return 0
+        explained = [self._explained(o, originals, bookings, now) for o in owed]
+        _write(self._sessions, explained, lambda s, batch: _record_explained(s, batch, now),
+               _parked)
+        return len(owed)
+
+    def _explained(self, owed: repo.Owed, originals: dict[int, repo.Claimed],
+                   bookings: dict[int, repo.StoredBooking], now: datetime) -> Explained:
+        try:
+            return self._explain(owed, originals, bookings, now)
+        except Exception as exc:
+            log.exception("composing a notice failed; the copy is parked",
+                          extra={"outbound_id": owed.id})
+            ERRORS.labels(stage="notice").inc()
+            return _parked(Explained(owed, OutboxState.FAILED, ""), exc)
+
+    def _explain(self, owed: repo.Owed, originals: dict[int, repo.Claimed],
+                 bookings: dict[int, repo.StoredBooking], now: datetime) -> Explained:
+        done = Explained(owed, OWES_NOTICE[owed.state], owed.cause)
+        original = originals.get(owed.inbound_id) if owed.inbound_id is not None else None
+        stored = bookings.get(owed.booking_id) if owed.booking_id is not None else None
+        if owed.kind != "relay" or original is None or stored is None:
+            return done  # a notice that did not arrive is not explained by another one
+        assert owed.recipient_role is not None
+        info = facts(original.raw)
+        recipient = Recipient(owed.rcpt_to, stored.id, stored.booking, owed.recipient_role)
+        cause = UndeliverableCause(owed.cause)
+        done.archive.append(repo.ArchiveEntry(original.id, stored.id, recipient.role.other,
+                                              info.subject, Outcome.REFUSED_UNDELIVERABLE,
+                                              cause))
+        if self._may_notify(original.mail_from, info):
+            done.notice = notice_copy(self._p, original.id, original.raw, info, recipient,
+                                      Reason.UNDELIVERABLE, cause, now)
+        return done
+
+
+def _record_bounce(s: Session, message: repo.Claimed, token: str,
+                   report: BounceReport | None, now: datetime) -> None:
+    """Archive a bounce for one of our copies; a permanent one returns the copy, and its
+    sender is told by the next round of :meth:`Processor._explain_batch`."""
+    outbound = repo.outbound_by_bounce_token(s, token)
+    if outbound is None:
+        return
+    detail = "unparseable bounce" if report is None else (
+        f"{'permanent' if report.permanent else 'temporary'}: {report.cause}")
+    repo.add_archive_entry(s, repo.ArchiveEntry(message.id, outbound.booking_id, None, "",
+                                                Outcome.BOUNCE_RECORDED, detail), now)
+    if report is not None and report.permanent and repo.move_outbound(
+            s, outbound.id, OutboxState.RETURNED, now, why=report.cause) is not None:
         repo.record_attempts(s, [repo.Attempt(outbound.id, None,
                                               f"bounce received: {report.cause}",
                                               "permanent")], now)
-        self.give_up(s, outbound, report.cause, now, state="bounced")
 
-    def give_up(self, s: Session, outbound: OutboundRow, cause: UndeliverableCause,
-                now: datetime, *, state: str = "failed") -> None:
-        """Mark an outgoing copy undeliverable and, for a relayed copy, tell its sender."""
-        outbound.state, outbound.finished_at, outbound.lease_until = state, now, None
-        if outbound.kind != "relay" or outbound.inbound_id is None:
-            return
-        assert outbound.booking_id is not None and outbound.recipient_role is not None
-        inbound = s.get(InboundRow, outbound.inbound_id)
-        booking_row = s.get(BookingRow, outbound.booking_id)
-        assert inbound is not None and booking_row is not None
-        info = facts(inbound.raw)
-        recipient = Recipient(outbound.rcpt_to, booking_row.id, repo.to_domain(s, booking_row),
-                              Role(outbound.recipient_role))
-        repo.add_archive_entry(s, repo.ArchiveEntry(
-            inbound.id, booking_row.id, recipient.role.other, info.subject,
-            Outcome.REFUSED_UNDELIVERABLE, str(cause)), now)
-        if self._may_notify(inbound.mail_from, info):
-            repo.queue_outbound(s, self._notice(inbound.id, inbound.raw, info, recipient,
-                                                Reason.UNDELIVERABLE, cause, now), now)
 
+def _parked(explained: Explained, exc: BaseException) -> Explained:
+    """Park a copy whose notice could not be composed or written, for a human."""
+    owed = explained.owed
+    error = repr(exc)[:2000]
+    archive = ([] if owed.inbound_id is None else [repo.ArchiveEntry(
+        owed.inbound_id, owed.booking_id, None, "", Outcome.FAILED,
+        f"notice for outgoing copy {owed.id}: {error}")])
+    return Explained(owed, OutboxState.FAILED, error, archive)
+
+
+def _record_explained(s: Session, batch: list[Explained], now: datetime) -> None:
+    mine = [e for e in batch
+            if repo.move_outbound(s, e.owed.id, e.to, now, why=e.why) is not None]
+    repo.add_archive_entries(s, [a for e in mine for a in e.archive], now)
+    repo.queue_outbounds(s, [e.notice for e in mine if e.notice is not None], now)
+    for entry in (a for e in mine for a in e.archive):
+        DECIDED.labels(outcome=entry.outcome).inc()
+
+
+T = TypeVar("T", Result, Explained)
+
+
+def _write(sessions: Callable[[], Session], batch: list[T],
+              record: Callable[[Session, list[T]], None],
+              park: Callable[[T, Exception], T]) -> None:
+    """Write a batch in one transaction; if that fails for another reason than the
+    database being away, write it item by item, parking an item that still fails."""
+    try:
+        with sessions() as s, s.begin():
+            record(s, batch)
+    except DATABASE_UNAVAILABLE:
+        raise  # not the messages' fault: they stay leased and are taken again
+    except Exception:
+        log.exception("recording a batch failed; recording its items one by one")
+        for item in batch:
+            _write_alone(sessions, item, record, park)
+
+
+def _write_alone(sessions: Callable[[], Session], item: T,
+                    record: Callable[[Session, list[T]], None],
+                    park: Callable[[T, Exception], T]) -> None:
+    try:
+        with sessions() as s, s.begin():
+            record(s, [item])
+    except DATABASE_UNAVAILABLE:
+        raise
+    except Exception as exc:
+        log.exception("recording failed; the item is parked")
+        ERRORS.labels(stage="recording").inc()
+        with sessions() as s, s.begin():
+            record(s, [park(item, exc)])

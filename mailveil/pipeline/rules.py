@@ -15,7 +15,8 @@ from mailveil.domain.addresses import AddressBook, Kind, Role
 from mailveil.domain.booking import Booking, is_open
 from mailveil.domain.verdicts import Outcome
 
-MAX_ATTACHMENT_BYTES = 10 * 1024 * 1024
+MAX_ATTACHMENT_MB = 10  # the help centre's promise; the refusal notice quotes it
+MAX_ATTACHMENT_BYTES = MAX_ATTACHMENT_MB * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,7 @@ RULES: tuple[Rule, ...] = (
     Rule(Outcome.REFUSED_VIRUS, "an attachment was found infected", _infected),
     # Privacy: customers must not see each other's relay addresses (BCC is fine).
     Rule(Outcome.REFUSED_SEVERAL_CUSTOMERS, "several customers in To or Cc", _several_customers),
-    # The help centre promises attachments up to 10 MB.
-    Rule(Outcome.REFUSED_TOO_LARGE, "attachments above 10 MB", _too_large),
+    Rule(Outcome.REFUSED_TOO_LARGE, f"attachments above {MAX_ATTACHMENT_MB} MB", _too_large),
     # Confirmation to activity end + grace period; a cancellation closes it early.
     Rule(Outcome.REFUSED_EXPIRED, "the conversation is closed", _closed),
 )

@@ -9,8 +9,9 @@ get a verdict raises :class:`ScannerUnavailable`, which the listener answers wit
 from __future__ import annotations
 
 import asyncio
-import base64
+import binascii
 import quopri
+import re
 import struct
 from dataclasses import dataclass
 from email import policy
@@ -151,8 +152,21 @@ def _encoded_container(index: int, part: EmailMessage, depth: int) -> list[_Piec
     """
     body = part.as_bytes().replace(b"\r\n", b"\n").partition(b"\n\n")[2]
     cte = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
-    decoded = base64.b64decode(body) if cte == "base64" else quopri.decodestring(body)
+    decoded = _lenient_base64(body) if cte == "base64" else quopri.decodestring(body)
     return [_Piece(index, None, decoded), *_pieces(decoded, depth + 1)]
+
+
+_NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/]")
+
+
+def _lenient_base64(body: bytes) -> bytes:
+    """As much as a damaged base64 body holds, the way mail readers decode it: junk and
+    padding ignored, a dangling last character dropped. Strict decoding raised on bad
+    padding, and the sender got a 500 for a message any reader opens (issue 12)."""
+    alphabet = _NOT_BASE64.sub(b"", body)
+    if len(alphabet) % 4 == 1:  # six bits: not even one byte
+        alphabet = alphabet[:-1]
+    return binascii.a2b_base64(alphabet + b"=" * (-len(alphabet) % 4))
 
 
 def _pieces(raw: bytes, depth: int = 0) -> list[_Piece]:

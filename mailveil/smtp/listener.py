@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Callable, Sequence
 from typing import Protocol
 from weakref import WeakKeyDictionary
@@ -18,7 +19,14 @@ from weakref import WeakKeyDictionary
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from mailveil.authn.authenticity import Authenticity, Verdict
-from mailveil.metrics import ACCEPTED, DEFERRED, DNS_SECONDS, RCPT_REFUSED, SCAN_SECONDS
+from mailveil.metrics import (
+    ACCEPTED,
+    DEFERRED,
+    DNS_SECONDS,
+    ERRORS,
+    RCPT_REFUSED,
+    SCAN_SECONDS,
+)
 from mailveil.scan.clamd import ScannerUnavailable
 from mailveil.smtp import replies
 from mailveil.smtp.commit import Accepted, GroupCommit
@@ -57,6 +65,17 @@ def envelope_sender(envelope: Envelope) -> str:
     return "" if sender == "<>" else sender
 
 
+def unexpected(stage: str) -> str:
+    """The answer to an exception nobody expected while handling a command: try again.
+
+    A 5xx would make the sender's server bounce the message for a bug of ours. The trace
+    id is in the reply and in the log line, so a sender's complaint finds the traceback."""
+    trace = secrets.token_hex(6)
+    log.exception("unexpected error at %s", stage.upper(), extra={"trace": trace})
+    ERRORS.labels(stage=stage).inc()
+    return replies.S451_INTERNAL.format(trace=trace)
+
+
 class RelayHandler:
     def __init__(self, backend: Backend, scanner: Scanner, authenticate: Authenticator,
                  on_accept: Callable[[], None] = lambda: None) -> None:
@@ -76,6 +95,18 @@ class RelayHandler:
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
+        try:
+            return await self._rcpt(session, envelope, address)
+        except Exception:
+            return unexpected("rcpt")
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        try:
+            return await self._data(session, envelope)
+        except Exception:
+            return unexpected("data")
+
+    async def _rcpt(self, session: Session, envelope: Envelope, address: str) -> str:
         if address.lower() in (known.lower() for known in envelope.rcpt_tos):
             return replies.S250_RCPT_OK  # once is enough: a repeat must not add a copy
         if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
@@ -97,7 +128,7 @@ class RelayHandler:
         envelope.rcpt_tos.append(address)
         return replies.S250_RCPT_OK
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+    async def _data(self, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content
         assert isinstance(raw, bytes)
         sender = envelope_sender(envelope)

@@ -14,6 +14,8 @@ S550_NOT_PARTY: Final = ("550 5.7.1 This relay address accepts mail only from th
 S550_NULL_SENDER: Final = "550 5.7.1 Relay addresses do not accept mail from the null sender"
 S452_TOO_MANY_RCPTS: Final = "452 4.5.3 Too many recipients"
 S451_STORE_DOWN: Final = "451 4.3.0 Temporary storage problem, please try again later"
+# A bug of ours must never bounce the sender's mail: a 5xx would, a 4xx makes it retry.
+S451_INTERNAL: Final = "451 4.3.0 Temporary problem here, please try again later (trace {trace})"
 S451_SCANNER_DOWN: Final = "451 4.7.1 Attachment scanner unavailable, please try again later"
 S421_SHUTTING_DOWN: Final = "421 4.3.2 Service shutting down, please try again later"
 S554_NO_VALID_RCPT: Final = "554 5.5.1 No valid recipients"

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailveil.delivery.transport import Result, Status
 from mailveil.delivery.worker import Deliverer, Policy
+from mailveil.domain.states import OutboxState
 from mailveil.mail.notices import UndeliverableCause
 from mailveil.store import repository as repo
 from mailveil.store.models import AttemptRow, OutboundRow
@@ -48,27 +49,23 @@ def queue(sessions: sessionmaker[Session], rcpts: list[str]) -> list[int]:
 
 
 def test_each_verdict_is_recorded(sessions: sessionmaker[Session]) -> None:
-    given_up: list[tuple[int, UndeliverableCause]] = []
-
-    def give_up(s: Session, row: OutboundRow, cause: UndeliverableCause, now: datetime) -> None:
-        row.state, row.finished_at, row.lease_until = "failed", now, None
-        given_up.append((row.id, cause))
-
     ok, full, gone, ok2 = queue(sessions, [*VERDICTS, "ok@example.org"])
     transport = AnswersByRecipient()
-    deliverer = Deliverer(sessions, [transport, AnswersByRecipient()], POLICY, give_up)
+    deliverer = Deliverer(sessions, [transport, AnswersByRecipient()], POLICY)
     assert asyncio.run(deliverer.run_once(lambda: NOW)) == 4
     with sessions() as s:
         rows = {r.id: r for r in s.scalars(select(OutboundRow))}
         attempts = s.scalars(select(AttemptRow.outbound_id)).all()
     assert sorted(attempts) == [ok, full, gone, ok2]
     for delivered in (ok, ok2):
-        assert rows[delivered].state == "delivered" and rows[delivered].attempts == 1
+        assert rows[delivered].state == OutboxState.DELIVERED and rows[delivered].attempts == 1
         assert rows[delivered].finished_at == NOW and rows[delivered].lease_until is None
-    assert rows[full].state == "queued" and rows[full].attempts == 1
+    assert rows[full].state == OutboxState.QUEUED and rows[full].attempts == 1
     assert rows[full].next_attempt_at == NOW + timedelta(minutes=1)
     assert rows[full].last_error == "4.2.2 mailbox full" and rows[full].lease_until is None
-    assert rows[gone].state == "failed" and [i for i, _ in given_up] == [gone]
+    # Delivery only reports it: processing tells the sender (tests/pipeline/test_process.py).
+    assert rows[gone].state == OutboxState.UNDELIVERABLE and rows[gone].attempts == 1
+    assert rows[gone].last_error == UndeliverableCause.ADDRESS_INVALID
     # Nothing is due again before the retry time; the temporary failure is due after it.
     assert asyncio.run(deliverer.run_once(lambda: NOW)) == 0
     later = NOW + timedelta(minutes=2)
@@ -84,12 +81,39 @@ def test_a_copy_finished_elsewhere_keeps_its_state(sessions: sessionmaker[Sessio
             with sessions() as s, s.begin():
                 row = s.get(OutboundRow, outbound_id)
                 assert row is not None
-                row.state, row.attempts = "delivered", 1
+                row.state, row.attempts = OutboxState.DELIVERED, 1
             return await super().send(mail_from, rcpt_to, raw)
 
-    deliverer = Deliverer(sessions, [FinishedMeanwhile()], POLICY, lambda *a: None)
+    deliverer = Deliverer(sessions, [FinishedMeanwhile()], POLICY)
     asyncio.run(deliverer.run_once(lambda: NOW))
     with sessions() as s:
         row = s.get(OutboundRow, outbound_id)
         assert row is not None and row.attempts == 1  # not counted twice
         assert len(s.scalars(select(AttemptRow)).all()) == 1  # but the attempt is history
+
+
+def test_a_send_that_raises_parks_only_its_copy(sessions: sessionmaker[Session]) -> None:
+    """A bug while sending one copy: that copy is set aside with its error, the rest of the
+    batch is delivered and recorded (issue 12)."""
+
+    class Breaks(AnswersByRecipient):
+        async def send(self, mail_from: str, rcpt_to: str, raw: bytes) -> Result:
+            if b"poison" in raw:
+                raise RuntimeError("the transport broke on this one")
+            return await super().send(mail_from, rcpt_to, raw)
+
+    ok, bad, ok2 = queue(sessions, ["ok@example.org"] * 3)
+    with sessions() as s, s.begin():
+        row = s.get(OutboundRow, bad)
+        assert row is not None
+        row.raw = b"Subject: poison\r\n\r\nbody\r\n"
+    deliverer = Deliverer(sessions, [Breaks()], POLICY)
+    assert asyncio.run(deliverer.run_once(lambda: NOW)) == 3
+    with sessions() as s:
+        rows = {r.id: r for r in s.scalars(select(OutboundRow))}
+    assert {i: rows[i].state for i in rows} == {ok: OutboxState.DELIVERED,
+                                                bad: OutboxState.FAILED,
+                                                ok2: OutboxState.DELIVERED}
+    assert "the transport broke on this one" in (rows[bad].last_error or "")
+    assert rows[bad].lease_until is None and rows[bad].attempts == 0
+    assert asyncio.run(deliverer.run_once(lambda: NOW + timedelta(days=1))) == 0

@@ -7,6 +7,7 @@ conftest or a benchmark can import it.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import os
@@ -28,6 +29,15 @@ def eicar() -> bytes:
     """The 68-byte EICAR test file, assembled so this source file is not itself flagged."""
     return b"".join((b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$", b"EICAR-STANDARD-ANTIVIRUS-",
                      b"TEST-FILE!$H+H*"))
+
+
+def forwarded_with_bad_padding(inner: bytes) -> bytes:
+    """A top-level ``message/rfc822`` part in base64 whose padding is cut off: the scan step
+    once raised on it and the listener answered ``500`` (issue 12)."""
+    encoded = base64.encodebytes(inner).replace(b"\n", b"\r\n").replace(b"=", b"")
+    assert len(encoded.replace(b"\r\n", b"")) % 4, "the inner message must need padding"
+    return (b"MIME-Version: 1.0\r\nContent-Type: message/rfc822\r\n"
+            b"Content-Transfer-Encoding: base64\r\n\r\n" + encoded)
 
 
 @dataclass(frozen=True)

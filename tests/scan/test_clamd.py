@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mailveil.scan.clamd import Clamd, Finding, ScannerUnavailable, scan_message
-from tests.scan.clamd_fixture import ClamdInfo, eicar
+from tests.scan.clamd_fixture import ClamdInfo, eicar, forwarded_with_bad_padding
 from tests.support.net import free_port
 
 MB = 1024 * 1024
@@ -117,6 +117,14 @@ def test_base64_encoded_forwarded_message(scanner: Clamd) -> None:
     raw = (HEAD + b"Content-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\n"
            + base64.encodebytes(inner + EICAR_B64))
     assert not asyncio.run(scan_message(raw, scanner)).clean
+
+
+def test_forwarded_message_with_bad_base64_padding_is_still_scanned(scanner: Clamd) -> None:
+    """Strict decoding raised "Incorrect padding" and the sender got a 500 (issue 12)."""
+    inner = HEAD + b"Content-Type: multipart/mixed; boundary=\"AAA\"\r\n\r\n--AAA\r\n"
+    raw = HEAD + forwarded_with_bad_padding(inner + ATTACHMENT + EICAR_B64 + b"--AAA--\r\n")
+    findings = asyncio.run(scan_message(raw, scanner)).findings
+    assert findings and {f.signature[:10] for f in findings} == {"Test.EICAR"}
 
 
 def test_a_13_mb_clean_attachment_scans(scanner: Clamd) -> None:
