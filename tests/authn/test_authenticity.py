@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import dkim
 import pytest
 
 from bench.dns_server import running_dns
@@ -406,7 +407,7 @@ def test_dkimpy_parses_and_verifies_off_the_event_loop(
     every other SMTP session would wait. Recorded: the thread of each dkimpy call."""
     raw = _signed(key, "shop.example")
     calls: list[tuple[str, str]] = []
-    for owner, name in ((authenticity.dkim.DKIM, "__init__"), (authenticity.dkim, "rfc822_parse")):
+    for owner, name in ((dkim.DKIM, "__init__"), (dkim, "rfc822_parse")):
         real = getattr(owner, name)
 
         def spy(*args: object, _real: Any = real, _name: str = name, **kwargs: object) -> Any:
