@@ -1,19 +1,19 @@
 """The SMTP dialogue: aiosmtpd's, hardened for a public MX.
 
-aiosmtpd answers commands strictly in order and caps line lengths. This subclass reads
+aiosmtpd answers commands strictly in order and caps their length. This subclass reads
 message data itself (:class:`DataReader`): aiosmtpd's DATA loop runs Python for every line,
-tens of thousands of times for a large message, where this one takes what the socket
-delivered in chunks of up to 256 KiB and does the per-byte work (finding the end, the
-limits, dot-unstuffing) with :class:`bytes` methods; the outcome is aiosmtpd's. As in
-aiosmtpd >= 1.4.5, only ``<CRLF>.<CRLF>`` ends the data (no SMTP smuggling), and commands
-pipelined right behind it are run next. The subclass also adds what hostile clients need:
+tens of thousands of times for a large message, and refuses lines over 1,000 bytes that real
+mail programs send, where this one takes what the socket delivered in chunks of up to
+256 KiB and does the per-byte work (finding the end, the size limit, dot-unstuffing) with
+:class:`bytes` methods. Only ``<CRLF>.<CRLF>`` ends the data (no SMTP smuggling), a bare LF
+or CR inside it is a line end, and commands pipelined right behind it are run next. The
+subclass also adds what hostile clients need:
 
 * an idle timeout that says ``421 4.4.2`` before hanging up, counted only while we wait
   for the client, so a slow but moving upload or a slow commit of ours is never cut;
 * a cap on simultaneous sessions (``421 4.7.0``);
 * refusal of data sent before our 354 (the pipelining form of smuggling);
-* refusal of messages with a bare CR or LF or a NUL, and of control characters in
-  addresses and host names;
+* refusal of messages with a NUL, and of control characters in addresses and host names;
 * a ``421`` always closes the connection, whoever produced it;
 * enhanced status codes on aiosmtpd's own replies to these cases.
 
@@ -48,12 +48,14 @@ _PLAIN_PATH = re.compile(
 
 # aiosmtpd's fixed texts for these cases carry no enhanced status code.
 _AIOSMTPD_REPLIES = {
-    "500 Command line too long": replies.S500_LINE_TOO_LONG,
+    "500 Command line too long": replies.S500_COMMAND_TOO_LONG,
     "552 Error: message size exceeds fixed maximum message size": replies.S552_TOO_BIG,
 }
 
 _CRLF = b"\r\n"
 _END_OF_DATA = b"\r\n.\r\n"
+# A line end of any kind, with the dot that stuffs the next line if more than it follows.
+_LINE_END_AND_STUFFING = re.compile(rb"(?:\r\n?|\n)(?:\.(?![\r\n]))?")
 # The most asked of the stream reader at once. It never holds much more: one socket read
 # gives at most 256 KiB, and it pauses the transport beyond twice its line limit.
 _CHUNK = 256 * 1024
@@ -81,40 +83,29 @@ async def drain(connections: ConnectionLimit, grace: float) -> None:
             session.transport.abort()
 
 
-def content_fault(raw: bytes) -> str | None:
-    """The refusal for message data no SMTP client may send, or ``None``.
-
-    Lines end with CRLF only (RFC 5321 2.3.8): a bare CR or LF is where smuggled commands
-    hide, and the programs after us disagree on what it means, so such a message has no
-    one meaning to relay. NUL is not mail text (RFC 5322, 8BITMIME), and PostgreSQL text
-    columns cannot hold it.
-    """
-    if b"\0" in raw:
-        return replies.S554_NUL
-    line_ends = raw.count(b"\r\n")
-    if raw.count(b"\r") != line_ends or raw.count(b"\n") != line_ends:
-        return replies.S554_BARE_LINE_END
-    return None
-
-
 class DataReader:
-    """Message data as it arrives, up to the ``<CRLF>.<CRLF>`` that ends it.
+    """Message data as it arrives, up to the ``<CR><LF>.<CR><LF>`` that ends it.
 
-    The outcome is that of aiosmtpd 1.4's line loop (``SMTP.smtp_DATA``), however the network
-    splits the data, but each chunk costs a few :class:`bytes` calls instead of Python per
-    line. A line may have ``line_limit`` bytes with its CRLF, the data ``size_limit`` bytes
-    (CRLFs in, dot-stuffing not yet removed); the first line to break either limit decides
-    the refusal, and the data is still read to its end so the session stays in step.
+    Only that sequence ends the data, as RFC 5321 4.1.1.4 says (no SMTP smuggling), and
+    commands right behind it are the client's next ones. A line may also end with a bare LF
+    or CR (``smtplib.sendmail(msg.as_bytes())`` sends LF): it is stored as CRLF, and a line
+    of one dot next to it is a line of text, never an end, as with Postfix 3.9's
+    ``smtpd_forbid_bare_newline = normal``. A line's leading dot goes if more follows it
+    (RFC 5321 4.5.2). Lines have no length limit of their own (what leaves the relay is
+    re-encoded, see :mod:`mailveil.mail`); the data may have ``size_limit`` bytes, counted
+    with CRLF line ends and before dot-unstuffing. Data over it, or with a NUL, is refused
+    (:attr:`refusal`), but still read to its end so the session stays in step.
+
+    Each chunk costs a few :class:`bytes` calls, not Python per line; only the bytes that
+    may end up in the message are kept.
     """
 
-    def __init__(self, *, line_limit: int, size_limit: int | None) -> None:
+    def __init__(self, *, size_limit: int | None) -> None:
         # The CRLF that ended the DATA command heads the buffer: the end marker right at the
         # start (an empty message) and a dot opening the first line are then found as any other.
         self._buffer = bytearray(_CRLF)
-        self._line_start = len(_CRLF)  # the first line not checked yet
-        self._line_limit = line_limit
-        # The furthest the data may end in the buffer (aiosmtpd: a size limit of 0 is none).
-        self._size_end = len(_CRLF) + size_limit if size_limit else sys.maxsize
+        self._size_limit = size_limit or sys.maxsize  # aiosmtpd: a size limit of 0 is none
+        self._bare_line_ends = 0
         self.refusal: str | None = None
         self.after = b""  # what the client sent after the end marker: its next commands
 
@@ -127,36 +118,36 @@ class DataReader:
         if end >= 0:
             self.after = bytes(buffer[end + len(_END_OF_DATA):])
             del buffer[end + len(_CRLF):]  # the message keeps the CRLF ending its last line
-        if self.refusal is None:
-            self._check_lines()
+            if self.refusal is None:
+                self.refusal = self._fault()
+        # Without the end, the data has all but the last bytes, which may start the marker.
+        elif len(buffer) - len(_END_OF_DATA) + 1 > self._size_limit + len(_CRLF):
+            self.refusal = replies.S552_TOO_BIG
         if self.refusal is not None:  # nothing more to keep but a possible start of the marker
             del buffer[:-(len(_END_OF_DATA) - 1)]
         return end >= 0
 
-    def _check_lines(self) -> None:
-        """Check the lines complete so far, in order. Each step jumps to the last line end
-        within ``line_limit`` bytes: a step per kilobyte or so, not one per line."""
-        buffer, start, limit = self._buffer, self._line_start, self._line_limit
-        while (crlf := buffer.rfind(_CRLF, start, start + limit)) >= 0:
-            start = crlf + len(_CRLF)
-            if start > self._size_end:
-                self.refusal = replies.S552_TOO_BIG
-                return
-        self._line_start = start
-        # No line end within the limit: the line at start is too long once it is all here
-        # (aiosmtpd says 500; RFC 5321 4.3.2 allows 554 after the data). One at most two bytes
-        # over still fits aiosmtpd's stream reader, which then counts its size first.
-        crlf = buffer.find(_CRLF, start + limit - 1, start + limit + len(_CRLF))
-        if crlf >= 0:
-            self.refusal = (replies.S552_TOO_BIG if crlf + len(_CRLF) > self._size_end
-                            else replies.S554_LINE_TOO_LONG)
-        elif len(buffer) >= start + limit + len(_CRLF):
-            self.refusal = replies.S554_LINE_TOO_LONG
+    def _fault(self) -> str | None:
+        """The refusal for the whole data, or ``None``."""
+        buffer = self._buffer
+        crlfs = buffer.count(_CRLF)
+        self._bare_line_ends = buffer.count(b"\r") + buffer.count(b"\n") - 2 * crlfs
+        if len(buffer) - len(_CRLF) + self._bare_line_ends > self._size_limit:
+            return replies.S552_TOO_BIG
+        # NUL is not mail text (RFC 5322, 8BITMIME), and PostgreSQL text columns cannot hold it.
+        if b"\0" in buffer:
+            return replies.S554_NUL
+        return None
 
     def message(self) -> bytes:
-        """The data without its dot-stuffing: a line's leading dot goes (RFC 5321 4.5.2).
-        Empties the reader, so a message of tens of megabytes is not held twice for long."""
+        """The data with CRLF line ends and without its dot-stuffing. Empties the reader, so
+        a message of tens of megabytes is not held twice for long."""
         buffer = self._buffer
+        if self._bare_line_ends:
+            data = _LINE_END_AND_STUFFING.sub(_CRLF, buffer)[len(_CRLF):]
+            buffer.clear()
+            return data
+        # Every line ends with CRLF, so a line of one dot would have been the end.
         del buffer[:3 if buffer.startswith(b"\r\n.") else 2]  # the heading CRLF, a first dot
         data = bytes(buffer)
         buffer.clear()
@@ -223,12 +214,6 @@ class RelaySMTP(SMTP):
         self._hang_up()
 
     async def _call_handler_hook(self, command: str, *args: Any) -> Any:
-        if command == "DATA":
-            assert self.envelope is not None and self.envelope.original_content is not None
-            fault = content_fault(self.envelope.original_content)
-            if fault is not None:
-                log.info("message data refused", extra={"peer": self._peer, "reply": fault})
-                return fault
         self._in_hook = True
         try:
             reply = await super()._call_handler_hook(command, *args)
@@ -333,7 +318,7 @@ class RelaySMTP(SMTP):
             await self.push("501 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
-        data = DataReader(line_limit=self.line_length_limit, size_limit=self.data_size_limit)
+        data = DataReader(size_limit=self.data_size_limit)
         while not data.feed(await self._read_data()):
             pass
         # Commands may follow the end marker at once (RFC 2920), for aiosmtpd's command loop
@@ -341,7 +326,9 @@ class RelaySMTP(SMTP):
         # buffer: all it holds arrived after them.
         self._reader._buffer[:0] = data.after  # type: ignore[attr-defined]
         reply = data.refusal
-        if reply is None:
+        if reply is not None:
+            log.info("message data refused", extra={"peer": self._peer, "reply": reply})
+        else:
             self.envelope.content = self.envelope.original_content = data.message()
             status = await self._call_handler_hook("DATA")
             reply = "250 OK" if status is MISSING else status

@@ -24,13 +24,10 @@ S554_NO_VALID_RCPT: Final = "554 5.5.1 No valid recipients"
 S421_TIMEOUT: Final = "421 4.4.2 Nothing received for too long, closing connection"
 S421_TOO_MANY_CONNECTIONS: Final = "421 4.7.0 Too many connections, please try again later"
 S421_TOO_MANY_REFUSED: Final = "421 4.7.0 Too many refused recipients, closing connection"
-S500_LINE_TOO_LONG: Final = "500 5.5.2 Line too long"
+S500_COMMAND_TOO_LONG: Final = "500 5.5.2 Command line too long"
 S501_CONTROL_IN_HOSTNAME: Final = "501 5.5.2 Control characters are not allowed in a host name"
 S552_TOO_BIG: Final = "552 5.3.4 Message too big"
 S554_EARLY_DATA: Final = ("554 5.5.0 Message data sent before the 354 reply; "
                           "wait for it (RFC 2920), closing connection")
-S554_BARE_LINE_END: Final = ("554 5.5.2 Message contains a bare CR or LF; every line must end "
-                             "with CRLF (RFC 5321 2.3.8)")
-S554_LINE_TOO_LONG: Final = ("554 5.5.2 Message has a line longer than 1000 characters "
-                             "(RFC 5321 4.5.3.1.6); long data must be encoded")
-S554_NUL: Final = "554 5.6.0 Message contains NUL characters, which mail cannot carry"
+S554_NUL: Final = ("554 5.6.0 Message contains a NUL character (byte 0), which mail text "
+                   "cannot carry; binary data must be encoded")
