@@ -64,6 +64,8 @@ class Settings:
     retention_metadata: timedelta = timedelta(days=730)
     banner: bool = True
     banner_style: str | None = None
+    # Mail that no SPF, DKIM or DMARC proves: relayed with a warning (False) or refused.
+    refuse_unverified: bool = False
 
     @property
     def capture_dir(self) -> Path:
@@ -195,6 +197,10 @@ def from_env(env: Mapping[str, str]) -> Settings:
         if v.lower() not in ("on", "off"):
             raise ConfigError(f"{PREFIX}BANNER: expected on or off, got {v!r}")
         values["banner"] = v.lower() == "on"
+    if (v := get("UNVERIFIED_SENDERS")) is not None:
+        if v.lower() not in ("mark", "refuse"):
+            raise ConfigError(f"{PREFIX}UNVERIFIED_SENDERS: expected mark or refuse, got {v!r}")
+        values["refuse_unverified"] = v.lower() == "refuse"
     s = Settings(**values)  # type: ignore[arg-type]
     if s.retention_metadata < s.retention_body:
         raise ConfigError(f"{PREFIX}RETENTION_DAYS must not be shorter than RETENTION_BODY_DAYS")

@@ -131,7 +131,8 @@ def open_runtime(settings: Settings) -> Runtime:
 async def run_smtp(rt: Runtime) -> None:
     s = rt.settings
     backend = StoreBackend(rt.sessions, address_book(s))
-    authenticate = functools.partial(check, resolver=make_resolver(s.dns))
+    authenticate = functools.partial(check, resolver=make_resolver(s.dns),
+                                     refuse_unverified=s.refuse_unverified)
     handler = listener.RelayHandler(backend, scanner(s), authenticate, on_accept=rt.doorbell.ring)
     connections = protocol.ConnectionLimit(s.smtp_max_connections)
     loop = asyncio.get_running_loop()

@@ -44,6 +44,7 @@ def test_values_are_read() -> None:
     ("CONTACT_FORM_URL", "contact us"),
     ("CLAMD", "clamd"),
     ("BANNER", "maybe"),
+    ("UNVERIFIED_SENDERS", "drop"),
     ("DNS", "resolver.example"),
     ("BANNER_STYLE", "color:red\"><script>"),
 ])
@@ -61,6 +62,12 @@ def test_smtp_listener_limits() -> None:
     for name in ("SMTP_TIMEOUT", "SMTP_MAX_CONNECTIONS"):
         with pytest.raises(ConfigError, match=f"^MAILVEIL_{name}"):
             from_env({f"MAILVEIL_{name}": "0"})
+
+
+def test_unverified_senders_are_marked_unless_refused() -> None:
+    assert from_env({}).refuse_unverified is False
+    assert from_env({"MAILVEIL_UNVERIFIED_SENDERS": "Refuse"}).refuse_unverified is True
+    assert from_env({"MAILVEIL_UNVERIFIED_SENDERS": "mark"}).refuse_unverified is False
 
 
 def test_prefixes_must_differ() -> None:
