@@ -7,6 +7,7 @@ import binascii
 import difflib
 import email
 import html
+import operator
 import os
 import re
 import time
@@ -23,7 +24,7 @@ from hypothesis import strategies as st
 
 from mailveil.mail.mime import Entity, body_bytes, parse, payload, serialize
 from mailveil.mail.rewrite import FORWARDED, MAX_FORWARD_DEPTH, SEALED, RewritePlan, rewrite
-from tests.support.long_lines import long_lines
+from tests.support.long_lines import decoded_leaves, long_lines
 
 CORPORA = Path(__file__).parents[1] / "corpora"
 GOLDEN = Path(__file__).parent / "golden"
@@ -289,6 +290,120 @@ def test_nine_megabyte_attachment_passes_fast_and_intact() -> None:
     elapsed = time.perf_counter() - started
     assert serialize(parse(out).parts[1].entity) == serialize(parse(raw).parts[1].entity)
     assert elapsed < 0.5, f"rewrite of a 9 MB message took {elapsed:.2f}s"
+
+
+# --- long lines ----------------------------------------------------------------------------
+
+LINE_PIECES = [b"a", b"x.y ", b"<p>", b"\t", b"\xe9", b"=", b"--b"]
+
+
+@st.composite
+def text_lines(draw: st.DrawFn, *, eight_bit: bool) -> bytes:
+    """CRLF lines of up to 2,500 characters, a few of them over the limit."""
+    pieces = [p for p in LINE_PIECES if eight_bit or p.isascii()]
+    lines = draw(
+        st.lists(
+            st.builds(operator.mul, st.sampled_from(pieces), st.integers(0, 800)),
+            min_size=1,
+            max_size=4,
+        )
+    )
+    return b"\r\n".join(lines) + b"\r\n"
+
+
+@st.composite
+def long_line_part(draw: st.DrawFn) -> bytes:
+    """A leaf as real programs write it, often with a line over 998 characters."""
+    kind = draw(st.sampled_from(["7bit", "8bit", "qp", "base64", "json", "binary64"]))
+    if kind in ("7bit", "8bit"):
+        body = draw(text_lines(eight_bit=kind == "8bit"))
+        return b"Content-Type: text/html\r\nContent-Transfer-Encoding: %s\r\n\r\n%s" % (
+            kind.encode(),
+            body,
+        )
+    if kind == "qp":  # an encoder that never wraps
+        body = re.sub(rb"=\r?\n", b"", binascii.b2a_qp(draw(text_lines(eight_bit=True))))
+        head = b"Content-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n"
+        return head + b"\r\n" + body
+    if kind == "json":
+        return b"Content-Type: application/json\r\n\r\n" + draw(text_lines(eight_bit=False))
+    data = draw(st.binary(max_size=2000))
+    width = draw(st.sampled_from([76, 998, 4464]))
+    encoded = base64.b64encode(data)
+    wrapped = b"\r\n".join(encoded[i : i + width] for i in range(0, len(encoded), width))
+    head = b"Content-Type: %s\r\nContent-Transfer-Encoding: base64\r\n" % (
+        b"text/plain; charset=utf-8" if kind == "base64" else b"application/octet-stream"
+    )
+    return head + b"Content-Disposition: attachment\r\n\r\n" + wrapped + b"\r\n"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(long_line_part(), min_size=1, max_size=4),
+    st.booleans(),
+    st.builds(operator.mul, st.just(b"pre "), st.integers(0, 600)),
+)
+def test_long_lines_are_reencoded_and_decode_alike(
+    parts: list[bytes], signed: bool, preamble: bytes
+) -> None:
+    raw = multipart(*parts, subtype=b"signed" if signed else b"mixed")
+    raw = raw.replace(b"\r\n\r\n", b"\r\n\r\n" + preamble + b"\r\n", 1)
+    out = rewrite(raw, QUIET)
+    assert long_lines(out) == []
+    assert decoded_leaves(out) == decoded_leaves(raw)
+    before, after = parse(raw), parse(out)
+    assert len(after.parts) == len(before.parts)
+    for old, new in zip(before.parts, after.parts, strict=True):
+        assert (serialize(new.entity) == serialize(old.entity)) == (not long_lines(old.entity.body))
+
+
+def test_scrubbing_works_inside_a_long_line() -> None:
+    line = b"<td>" + b"x" * 700 + b" ann@example.org " + b"y" * 800 + b"</td>"
+    raw = b"Content-Type: text/html; charset=us-ascii\r\n\r\n" + line + b"\r\n"
+    out = rewrite(raw, QUIET)
+    part = parse(out)
+    assert long_lines(out) == [] and part.cte == "quoted-printable"
+    assert payload(part) == line.replace(b"ann@example.org", SENDER_RELAY.encode()) + b"\r\n"
+
+
+def test_a_banner_that_lengthens_a_line_reencodes_the_part() -> None:
+    raw = b"Content-Type: text/html\r\n\r\n<html><body>" + b"z" * 960 + b"</body></html>\r\n"
+    part = parse(rewrite(raw, PLAN))
+    assert long_lines(serialize(part)) == [] and part.cte == "quoted-printable"
+    assert payload(part).startswith(b'<html><body><p style="color:#888">Reply above')
+
+
+def test_a_long_preamble_line_is_broken_without_making_a_delimiter() -> None:
+    raw = multipart(b"Content-Type: text/plain\r\n\r\nhi")
+    raw = raw.replace(b"\r\n\r\n", b"\r\n\r\n" + b"p" * 997 + b"--b--" + b"q" * 2000 + b"\r\n", 1)
+    out = rewrite(raw, QUIET)
+    assert long_lines(out) == []
+    assert b"\r\n --b--qqq" in out
+    assert [payload(p.entity) for p in parse(out).parts] == [b"hi"]
+
+
+def test_a_long_signature_is_rewrapped_and_the_signed_content_kept() -> None:
+    signature = base64.b64encode(os.urandom(3000))
+    raw = multipart(
+        b"Content-Type: text/plain\r\n\r\nsigned by ann@example.org",
+        b"Content-Type: application/pkcs7-signature\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        + signature,
+        subtype=b'signed; protocol="application/pkcs7-signature"',
+    )
+    content, sig = (p.entity for p in parse(rewrite(raw, QUIET)).parts)
+    assert serialize(content) == b"Content-Type: text/plain\r\n\r\nsigned by ann@example.org"
+    assert long_lines(serialize(sig)) == [] and payload(sig) == base64.b64decode(signature)
+
+
+def test_a_long_header_line_of_a_forwarded_message_is_folded() -> None:
+    value = b"0 (Mail was not recognized as spam); Detail=" + b"V3;" * 400
+    forwarded = b"X-GMX-Antispam: " + value + b"\r\nSubject: fwd\r\n\r\nbody\r\n"
+    raw = multipart(b"Content-Type: message/rfc822\r\n\r\n" + forwarded)
+    out = rewrite(raw, QUIET)
+    assert long_lines(out) == [] and parse(out).parts[0].entity.cte == "7bit"
+    inner = email.message_from_bytes(payload(parse(out).parts[0].entity), policy=policy.default)
+    assert inner["X-GMX-Antispam"].replace(" ", "") == value.decode().replace(" ", "")
+    assert inner.get_payload() == "body\r\n"
 
 
 # --- forwarded messages and part headers --------------------------------------------------
