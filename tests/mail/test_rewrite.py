@@ -832,3 +832,27 @@ def test_golden(case: str) -> None:
         readable_lines(expected), readable_lines(actual), str(expected_path), str(actual_path)
     )
     pytest.fail("rewrite output differs from the golden file:\n" + "".join(diff), pytrace=False)
+
+
+LONGEST_LINE = {
+    "outlook_long_line": 1523,  # 7bit HTML with the sender's address in the long line
+    "gmx_long_header": 1242,  # a provider's header, which is not on the allow-list
+    "one_line_base64": 4464,
+    "json_long_lines": 1035,  # in the text body and in a 7bit application/json attachment
+    "smtplib_bare_lf": None,  # msg.as_bytes(): LF line ends, the listener read one long line
+}
+
+
+@pytest.mark.parametrize("case", sorted(LONGEST_LINE))
+def test_golden_long_lines_decode_alike_and_are_scrubbed(case: str) -> None:
+    incoming = (GOLDEN / f"{case}_incoming.eml").read_bytes()
+    assert max(long_lines(incoming), default=None) == LONGEST_LINE[case]
+    out = rewrite(incoming, QUIET)
+    assert long_lines(out) == []
+    real, relay = b"ann@example.org", SENDER_RELAY.encode()
+    expected = [
+        (kind, data.replace(real, relay) if kind.startswith("text/") else data)
+        for kind, data in decoded_leaves(incoming)
+    ]
+    assert decoded_leaves(out) == expected
+    assert all(real not in data for kind, data in expected if kind.startswith("text/"))
