@@ -126,11 +126,12 @@ BOOKING = Booking("GYG-1", Party("Sunny Tours", SUPPLIER, "fr"), Party("Ann Lee"
 
 
 def process(raw: bytes) -> None:
-    """What the worker does with a message from the customer to the supplier (a bounce
-    report is read as one), without the store."""
+    """What the worker does with a message from the customer to the supplier, or with a
+    bounce report to a VERP address, without the store."""
     info = facts(raw)
     if info.is_delivery_report:
         parse_report(raw)
+        return
     relay_copy(raw, info, BOOKING, Role.SUPPLIER, [], BOOK, VOICE)
     notice(reason=Reason.EXPIRED, cause=None, booking=BOOKING, sender_role=Role.CUSTOMER,
            original=raw, facts=info, book=BOOK, voice=VOICE, now=NOW)

@@ -16,6 +16,10 @@ _ADDR_SPEC = re.compile(r"[^\s<>@\",;:()\[\]]+@[^\s<>@\",;:()\[\]]+")
 _TOKEN = re.compile(r"[\w.-]+")
 _LIST_PRECEDENCE = frozenset({"bulk", "junk", "list"})
 
+MAX_SUBJECT = 998
+"""Characters of the Subject kept for the archive and quoted in notices: enough to tell
+which message it was; a notice's Subject folded from megabytes costs seconds."""
+
 
 @dataclass(frozen=True)
 class MessageFacts:
@@ -37,7 +41,7 @@ def facts(raw: bytes) -> MessageFacts:
     date = root.get("date")
     message_ids = _msg_ids(root.get("message-id"))
     return MessageFacts(
-        subject=subject.decoded.strip() if subject else "",
+        subject=_shortened(subject.decoded.strip()) if subject else "",
         message_id=message_ids[0] if message_ids else _bare_id(root.get("message-id")),
         in_reply_to=_msg_ids(root.get("in-reply-to")),
         references=_msg_ids(root.get("references")),
@@ -51,6 +55,10 @@ def facts(raw: bytes) -> MessageFacts:
         date=(date.text or None) if date else None,
         from_name=_display_name(root.get("from")),
     )
+
+
+def _shortened(text: str) -> str:
+    return text if len(text) <= MAX_SUBJECT else text[: MAX_SUBJECT - 1] + "\u2026"
 
 
 def _msg_ids(found: Field | None) -> list[str]:
