@@ -21,3 +21,12 @@ class Rejection(StrEnum):
 
     UNKNOWN_ADDRESS = "unknown_address"
     NOT_A_PARTY = "not_a_party"
+
+
+class SenderCheck(StrEnum):
+    """What the DATA-time SPF, DKIM and DMARC check proved of a message's sender; kept in
+    the archive and shown to the recipient when nothing was proved."""
+
+    VERIFIED = "verified"  # an aligned SPF or DKIM pass
+    UNVERIFIED = "unverified"  # nothing refused it, nothing proved it
+    NOT_CHECKED = "not checked"  # the null sender (a bounce, proved by its VERP token)

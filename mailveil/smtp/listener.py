@@ -19,6 +19,7 @@ from weakref import WeakKeyDictionary
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from mailveil.authn.authenticity import Authenticity, Verdict
+from mailveil.domain.verdicts import SenderCheck
 from mailveil.metrics import (
     ACCEPTED,
     DEFERRED,
@@ -132,8 +133,9 @@ class RelayHandler:
         raw = envelope.original_content
         assert isinstance(raw, bytes)
         sender = envelope_sender(envelope)
+        sender_check = SenderCheck.NOT_CHECKED
         if sender:  # a bounce proves itself with its VERP token, which only receivers know
-            refusal = await self._spoofed(raw, session, sender)
+            refusal, sender_check = await self._check_sender(raw, session, sender)
             if refusal is not None:
                 return refusal
         try:
@@ -145,7 +147,7 @@ class RelayHandler:
             return replies.S451_SCANNER_DOWN
         try:
             inbound_id = await self._commit(Accepted(sender, tuple(envelope.rcpt_tos), raw,
-                                                     scan))
+                                                     scan, sender_check))
         except Exception:
             log.exception("could not store message")
             DEFERRED.labels(reason="store").inc()
@@ -156,8 +158,10 @@ class RelayHandler:
                                     "rcpts": len(envelope.rcpt_tos)})
         return replies.S250_QUEUED.format(id=inbound_id)
 
-    async def _spoofed(self, raw: bytes, session: Session, sender: str) -> str | None:
-        """The refusal for mail whose sender's domain says it did not send it, or ``None``.
+    async def _check_sender(self, raw: bytes, session: Session, sender: str
+                            ) -> tuple[str | None, SenderCheck]:
+        """The refusal for mail whose sender's domain says it did not send it (or ``None``),
+        and what the check proved of the sender.
 
         The RCPT gate trusted MAIL FROM; SPF, DKIM and DMARC decide whether to."""
         peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
@@ -165,10 +169,10 @@ class RelayHandler:
             result = await self._authenticate(raw, client_ip=peer,
                                               helo=session.host_name or "", mail_from=sender)
         if result.verdict is Verdict.ACCEPT:
-            return None
+            return None, SenderCheck.VERIFIED if result.verified else SenderCheck.UNVERIFIED
         log.info("authenticity", extra={"verdict": result.verdict.value, "spf": result.spf,
                                         "dmarc": result.dmarc, "reason": result.reason})
         code = "550" if result.verdict is Verdict.REJECT else "451"
         if code == "451":
             DEFERRED.labels(reason="dns").inc()
-        return f"{code} {result.reason}"
+        return f"{code} {result.reason}", SenderCheck.NOT_CHECKED

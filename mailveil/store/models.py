@@ -91,13 +91,13 @@ class InboundRow(Base):
     raw: Mapped[bytes] = mapped_column(LargeBinary)
     sha256: Mapped[str] = mapped_column(String(64))
     size: Mapped[int]
-    # received -> processed | failed ; processing picks "received" rows
-    state: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16))  # an InboundState (domain/states.py)
     lease_until: Mapped[datetime | None]
     lease_holder: Mapped[str | None] = mapped_column(String(32))  # a WorkerRow.id
     processed_at: Mapped[datetime | None]
     error: Mapped[str | None] = mapped_column(Text)
     scan: Mapped[str] = mapped_column(String(64), default="not scanned")
+    sender_check: Mapped[str] = mapped_column(String(16), server_default="not checked")
     purged_at: Mapped[datetime | None]  # raw bytes removed by retention; metadata kept
 
     __table_args__ = (
@@ -150,8 +150,7 @@ class OutboundRow(Base):
     message_id: Mapped[str] = mapped_column(String(255))
     raw: Mapped[bytes] = mapped_column(LargeBinary)
     sha256: Mapped[str] = mapped_column(String(64))
-    # queued -> delivered | failed | bounced
-    state: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16))  # an OutboxState (domain/states.py)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime]
     lease_until: Mapped[datetime | None]

@@ -30,7 +30,7 @@ from mailveil.domain.states import (
     sources,
 )
 from mailveil.domain.threading import IdPair
-from mailveil.domain.verdicts import Outcome
+from mailveil.domain.verdicts import Outcome, SenderCheck
 from mailveil.mail.mime import header_block
 from mailveil.store.models import (
     ArchiveEntryRow,
@@ -181,6 +181,7 @@ class NewInbound:
     rcpt_to: Sequence[str]
     raw: bytes
     scan: str  # "clean", "not scanned" or "infected: <names>"
+    sender_check: SenderCheck = SenderCheck.NOT_CHECKED
 
 
 _INSERT_INBOUND = insert(InboundRow).returning(InboundRow.id, sort_by_parameter_order=True)
@@ -198,7 +199,7 @@ def store_inbounds(s: Session, messages: Sequence[NewInbound], now: datetime) ->
     ids = list(db.scalars(_INSERT_INBOUND, [
         {"received_at": now, "mail_from": m.mail_from, "rcpt_to": list(m.rcpt_to), "raw": raw,
          "sha256": sha256_of(raw), "size": len(m.raw), "state": InboundState.RECEIVED,
-         "scan": m.scan}
+         "scan": m.scan, "sender_check": m.sender_check}
         for m, raw in zip(messages, kept, strict=True)]))
     infected = [{"inbound_id": inbound_id, "raw": m.raw, "sha256": sha256_of(m.raw),
                  "findings": m.scan, "created_at": now}
@@ -227,6 +228,7 @@ class Claimed:
     rcpt_to: list[str]
     raw: bytes
     scan: str
+    sender_check: str = SenderCheck.NOT_CHECKED  # a SenderCheck value
 
 
 _DUE_INBOUND = select(InboundRow.id, InboundRow.size).where(
@@ -236,7 +238,7 @@ _DUE_INBOUND = select(InboundRow.id, InboundRow.size).where(
 _LEASE_INBOUND = (update(InboundRow).where(InboundRow.id.in_(bindparam("ids", expanding=True)))
                   .values(lease_until=bindparam("until"), lease_holder=bindparam("holder"))
                   .returning(InboundRow.id, InboundRow.mail_from, InboundRow.rcpt_to,
-                             InboundRow.raw, InboundRow.scan))
+                             InboundRow.raw, InboundRow.scan, InboundRow.sender_check))
 
 
 def claim_inbound(s: Session, *, limit: int, now: datetime, lease: timedelta,
@@ -259,7 +261,8 @@ def inbound_by_ids(s: Session, ids: Collection[int]) -> dict[int, Claimed]:
     if not ids:
         return {}
     rows = s.execute(select(InboundRow.id, InboundRow.mail_from, InboundRow.rcpt_to,
-                            InboundRow.raw, InboundRow.scan).where(InboundRow.id.in_(ids)))
+                            InboundRow.raw, InboundRow.scan, InboundRow.sender_check)
+                     .where(InboundRow.id.in_(ids)))
     return {row.id: Claimed(*row) for row in rows}
 
 
