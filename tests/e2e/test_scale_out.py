@@ -146,9 +146,9 @@ def measure(cluster: Cluster, sink: Sink, envelopes: list[Envelope], name: str,
             listeners: list[str], count: int) -> tuple[Phase, list[str]]:
     """Send ``count`` messages over ``listeners`` and time them until the last is delivered."""
     cpu_before, busy_before, own_before = cluster.cpu(), machine_busy(), time.process_time()
-    load = Load([cluster.ports[n] for n in listeners], envelopes, target=count, prefix=name,
+    load = Load([cluster.ports[n] for n in listeners], envelopes, prefix=name,
                 sessions=4).start()
-    tally = load.wait(timeout=60)
+    tally = load.run_until(load.accepted_at_least(count), 60, f"{count} messages accepted")
     wait_delivered(sink, list(tally.accepted), timeout=60)
     seconds = time.monotonic() - load.started
     busy_after = machine_busy()

@@ -22,7 +22,7 @@ from functools import partial
 from typing import Any
 
 import httpx
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import Engine, create_engine, func, select
 
 from mailveil.store.models import InboundRow, OutboundRow
 from tests.conftest import REPO, Mailveil
@@ -45,17 +45,29 @@ class Tally:
 
     accepted: dict[str, float] = field(default_factory=dict)  # token -> monotonic time of 250
     refused: Counter[str] = field(default_factory=Counter)  # "451 4.3.0" -> count
+    refusals: list[tuple[float, str]] = field(default_factory=list)  # (monotonic time, reply)
     dropped: int = 0  # the session died before the final reply
+    dropped_in_data: int = 0  # ... while sending or waiting for the reply to its data
+    in_data: int = 0  # sessions now sending data or waiting for its reply
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def refuse(self, code: int, text: bytes) -> None:
         reply = f"{code} {text.decode(errors='replace').split(' ', 1)[0]}"
         with self.lock:
             self.refused[reply] += 1
+            self.refusals.append((time.monotonic(), reply))
 
     def accepted_between(self, start: float, end: float) -> list[str]:
         with self.lock:
             return [t for t, at in self.accepted.items() if start <= at <= end]
+
+    def refused_between(self, start: float, end: float, reply: str) -> int:
+        with self.lock:
+            return sum(1 for at, r in self.refusals if start <= at <= end and r == reply)
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.accepted)
 
 
 def register_bookings(mv: Mailveil, count: int, prefix: str) -> list[Envelope]:
@@ -102,15 +114,19 @@ def message(envelope: Envelope, token: str, body_bytes: int) -> bytes:
 
 
 class Load:
-    """``sessions`` threads sending over ``ports`` in turn until ``target`` messages got
-    ``250`` or :meth:`stop`; a refused connection (mailveil down) is retried every 0.1 s."""
+    """``sessions`` threads sending over ``ports`` in turn until :meth:`stop`; a refused
+    connection (mailveil down) is retried every 0.1 s.
 
-    def __init__(self, ports: Sequence[int], envelopes: Sequence[Envelope], *, target: int,
+    A load runs until a condition holds (:meth:`run_until`), never for a number of
+    messages tuned to one machine's speed: what a test is about must happen during it.
+    """
+
+    def __init__(self, ports: Sequence[int], envelopes: Sequence[Envelope], *,
                  sessions: int = 4, prefix: str = "m", body_bytes: int = 300,
                  per_session: int = 20) -> None:
         self.tally = Tally()
         self._ports, self._envelopes = list(ports), list(envelopes)
-        self._target, self._sessions, self._prefix = target, sessions, prefix
+        self._sessions, self._prefix = sessions, prefix
         self._body_bytes, self._per_session = body_bytes, per_session
         self._issued = 0
         self._stop = threading.Event()
@@ -125,27 +141,26 @@ class Load:
             t.start()
         return self
 
-    def wait(self, timeout: float) -> Tally:
-        """Until ``target`` messages were accepted; raises if that takes longer."""
-        deadline = time.monotonic() + timeout
-        for t in self._threads:
-            t.join(max(0.0, deadline - time.monotonic()))
-        alive = any(t.is_alive() for t in self._threads)
-        self.stop()
-        if alive:
-            raise TimeoutError(f"only {len(self.tally.accepted)} of {self._target} accepted "
-                               f"in {timeout} s; refused {dict(self.tally.refused)}")
+    def run_until(self, condition: Callable[[], bool], timeout: float, what: str) -> Tally:
+        """Keep sending until ``condition`` holds, then stop; raises after ``timeout``."""
+        try:
+            wait_until(condition, timeout, what)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; {self.tally.count()} accepted, refused "
+                               f"{dict(self.tally.refused)}") from None
+        finally:
+            self.stop()
         return self.tally
+
+    def accepted_at_least(self, count: int) -> Callable[[], bool]:
+        """A condition: ``count`` messages got 250 (a volume, for tests about volume)."""
+        return lambda: self.tally.count() >= count
 
     def stop(self) -> Tally:
         self._stop.set()
         for t in self._threads:
             t.join(35)
         return self.tally
-
-    def _done(self) -> bool:
-        with self.tally.lock:
-            return len(self.tally.accepted) >= self._target or self._stop.is_set()
 
     def _next(self) -> tuple[Envelope, str]:
         with self.tally.lock:
@@ -155,12 +170,12 @@ class Load:
 
     def _run(self, index: int) -> None:
         port = self._ports[index % len(self._ports)]
-        while not self._done():
+        while not self._stop.is_set():
             try:
                 with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
                     smtp.ehlo()
                     for _ in range(self._per_session):
-                        if self._done() or not self._send(smtp):
+                        if self._stop.is_set() or not self._send(smtp):
                             break
             except (smtplib.SMTPException, OSError):
                 self._stop.wait(0.1)
@@ -168,11 +183,13 @@ class Load:
     def _send(self, smtp: smtplib.SMTP) -> bool:
         """One message; False when the session should be dropped for a fresh one."""
         envelope, token = self._next()
+        in_data = False
         try:
             code, text = smtp.mail(envelope.mail_from)
             if code == 250:
                 code, text = smtp.rcpt(envelope.rcpt_to)
             if code == 250:
+                in_data = self._in_data(+1)
                 code, text = smtp.data(message(envelope, token, self._body_bytes))
         except smtplib.SMTPDataError as exc:
             code, error = exc.smtp_code, exc.smtp_error
@@ -180,7 +197,11 @@ class Load:
         except (smtplib.SMTPException, OSError):
             with self.tally.lock:
                 self.tally.dropped += 1
+                self.tally.dropped_in_data += in_data
             raise
+        finally:
+            if in_data:
+                self._in_data(-1)
         if code == 250:
             with self.tally.lock:
                 self.tally.accepted[token] = time.monotonic()
@@ -191,6 +212,21 @@ class Load:
         smtp.rset()
         self._stop.wait(0.1)  # a sending MTA waits before trying again, if not this long
         return True
+
+    def _in_data(self, step: int) -> bool:
+        with self.tally.lock:
+            self.tally.in_data += step
+        return True
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str,
+               every: float = 0.05) -> None:
+    """Poll ``condition`` until it holds; raises naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not after {timeout} s")
+        time.sleep(every)
 
 
 def delivered(sink: Sink) -> Counter[str]:
@@ -228,21 +264,28 @@ def report(name: str, **figures: Any) -> None:
         f.write(line + "\n")
 
 
+def waiting(engine: Engine) -> tuple[int, int]:
+    """Messages waiting for processing, and in the outbox (queued, leased or not)."""
+    with engine.connect() as c:
+        return (c.scalar(select(func.count()).select_from(InboundRow)
+                         .where(InboundRow.state == "received")) or 0,
+                c.scalar(select(func.count()).select_from(OutboundRow)
+                         .where(OutboundRow.state == "queued")) or 0)
+
+
+def leased(engine: Engine) -> int:
+    """Messages a worker holds now: taken for processing or for a delivery attempt."""
+    with engine.connect() as c:
+        return sum(c.scalar(select(func.count()).select_from(table).where(
+            table.state == state, table.lease_until.is_not(None))) or 0
+            for table, state in ((InboundRow, "received"), (OutboundRow, "queued")))
+
+
 def settle(database_url: str, timeout: float) -> None:
     """Until nothing waits for processing or delivery, so late duplicates have arrived."""
     engine = create_engine(database_url)
-    deadline = time.monotonic() + timeout
     try:
-        while True:
-            with engine.connect() as c:
-                waiting = (c.scalar(select(func.count()).select_from(OutboundRow)
-                                    .where(OutboundRow.state == "queued")) or 0) + (
-                    c.scalar(select(func.count()).select_from(InboundRow)
-                             .where(InboundRow.state == "received")) or 0)
-            if not waiting:
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{waiting} messages still waiting after {timeout} s")
-            time.sleep(0.3)
+        wait_until(lambda: waiting(engine) == (0, 0), timeout, "every message processed and "
+                   "delivered", every=0.3)
     finally:
         engine.dispose()
