@@ -39,6 +39,7 @@ class Reason(StrEnum):
     SEVERAL_CUSTOMERS = "several_customers"
     EXPIRED = "expired"
     TOO_LARGE = "too_large"
+    TOO_COMPLEX = "too_complex"  # parked: it cost more CPU than any real mail (issue 16.7)
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ _MACHINE: dict[Reason | UndeliverableCause | None, tuple[int, str, str]] = {
     Reason.SEVERAL_CUSTOMERS: (550, "5.7.1", "Several customer addresses in To or Cc"),
     Reason.EXPIRED: (550, "5.2.1", "Relay address expired"),
     Reason.TOO_LARGE: (552, "5.3.4", "Message too large"),
+    Reason.TOO_COMPLEX: (554, "5.6.0", "Message too complex to process"),
     UndeliverableCause.MAILBOX_FULL: (552, "5.2.2", "Recipient mailbox full"),
     UndeliverableCause.HOST_UNREACHABLE: (550, "5.4.1", "Recipient mail server unreachable"),
     UndeliverableCause.ADDRESS_INVALID: (550, "5.1.1", "Recipient address not accepted"),
@@ -161,6 +163,14 @@ def _why(n: Notice, t: NullTranslations) -> tuple[str, str, str]:
                       "{size} MB in total.").format(size=n.max_attachment_mb),
                     _("Please send the attachment as a smaller file, or share it as a link, "
                       "then send your message again."))
+        case Reason.TOO_COMPLEX:
+            return (_("Message too complex to deliver"),
+                    _("Your message could not be processed: reading it takes far more work "
+                      "than its size would need (for example a header of thousands of lines, "
+                      "or thousands of parts)."),
+                    _("Please send it again in a simpler form, for example as plain text with "
+                      "your documents attached. If you need help, please use our contact "
+                      "form: {url}").format(url=url))
         case Reason.UNDELIVERABLE:
             return (_("Message undeliverable"), *_undeliverable(n, t))
 
