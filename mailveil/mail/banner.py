@@ -30,11 +30,12 @@ class Banner:
 
 def banner(locale: str, sender_name: str, reference: str, platform_name: str,
            open_until: datetime | None, recipient_is_supplier: bool,
-           box_style: str = BOX_STYLE) -> Banner:
+           box_style: str = BOX_STYLE, unverified: bool = False) -> Banner:
     """The banner for one recipient; ``open_until`` is shown to suppliers only.
 
     ``box_style`` is the operator's CSS for the outer box (``MAILVEIL_BANNER_STYLE``), to
-    match the platform's colours."""
+    match the platform's colours. ``unverified`` warns that nothing proved the sender's
+    domain sent the message (no SPF, DKIM or DMARC passed): the name shown is a claim."""
     _ = translator(locale).gettext
     name = " ".join(sender_name.split())
     # Each line is a template and its values, so the HTML can escape and emphasise the
@@ -47,6 +48,12 @@ def banner(locale: str, sender_name: str, reference: str, platform_name: str,
         (_("Reply to this e-mail as usual: your reply goes through {platform}, and neither "
            "of you sees the other's e-mail address."), {"platform": platform_name}),
     ]
+    if unverified:
+        lines.insert(1, (
+            # TRANSLATORS: {sender} is the display name of the person the message claims
+            # to come from; the sender's mail domain publishes nothing that proves it.
+            _("We could not verify that this message comes from {sender}."),
+            {"sender": name}) if name else (_("We could not verify who sent this message."), {}))
     if recipient_is_supplier and open_until is not None:
         when = format_date(open_until, format="long", locale=resolve(locale))
         lines.append((_("You can write to this customer until {date}."), {"date": when}))

@@ -44,7 +44,10 @@ def new_message_id(book: AddressBook) -> str:
 
 
 def relay_copy(raw: bytes, facts: MessageFacts, booking: Booking, recipient_role: Role,
-               pairs: list[IdPair], book: AddressBook, voice: Voice) -> Relayed:
+               pairs: list[IdPair], book: AddressBook, voice: Voice,
+               unverified: bool = False) -> Relayed:
+    """The copy for the other party; ``unverified``: the banner warns that nothing proved
+    the sender's domain sent it."""
     sender_role = recipient_role.other
     sender, recipient = booking.party(sender_role), booking.party(recipient_role)
     relay_of = {role: book.relay_address(role, booking.token(role)) for role in Role}
@@ -53,7 +56,7 @@ def relay_copy(raw: bytes, facts: MessageFacts, booking: Booking, recipient_role
     if voice.banner:
         b = banner(recipient.locale, sender.name, booking.reference, voice.platform_name,
                    open_until(booking, voice.grace) if recipient_role is Role.SUPPLIER else None,
-                   recipient_role is Role.SUPPLIER, voice.banner_style)
+                   recipient_role is Role.SUPPLIER, voice.banner_style, unverified)
         text, html = b.text, b.html
     plan = RewritePlan(
         from_name=voice.display_name_template.format(name=sender.name,

@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 from mailveil.domain.addresses import AddressBook, Kind, Role, new_bounce_token
 from mailveil.domain.states import OWES_NOTICE, OutboxState
 from mailveil.domain.threading import IdPair
-from mailveil.domain.verdicts import Outcome
+from mailveil.domain.verdicts import Outcome, SenderCheck
 from mailveil.mail.bounces import BounceReport, parse_report
 from mailveil.mail.inspect import MessageFacts, facts
 from mailveil.mail.notices import Reason, UndeliverableCause
@@ -213,8 +213,10 @@ class Processor:
         return result
 
     def _relay(self, result: Result, info: MessageFacts, r: Recipient, known: Known) -> None:
-        relayed = compose.relay_copy(result.message.raw, info, r.booking, r.role,
-                                     known.pairs[r.booking_id], self._p.book, self._p.voice)
+        relayed = compose.relay_copy(
+            result.message.raw, info, r.booking, r.role, known.pairs[r.booking_id],
+            self._p.book, self._p.voice,
+            unverified=result.message.sender_check == SenderCheck.UNVERIFIED)
         if relayed.pair is not None:
             # Later messages of the batch may already refer to this one.
             known.pairs[r.booking_id].append(relayed.pair)

@@ -192,7 +192,7 @@ def get_archive(reference: str, s: DB) -> list[ArchiveEntryOut]:
         out.append(ArchiveEntryOut(
             inbound_id=inbound.id, received_at=inbound.received_at, sender=e.sender_role,
             subject=e.subject, outcome=e.outcome, detail=e.detail, size=inbound.size,
-            sha256=inbound.sha256, scan=inbound.scan,
+            sha256=inbound.sha256, scan=inbound.scan, sender_check=inbound.sender_check,
             outbound=[_outbound_out(s, o) for o in copies],
         ))
     return out

@@ -115,4 +115,5 @@ class ArchiveEntryOut(BaseModel):
     size: int
     sha256: str
     scan: str
+    sender_check: str  # "verified" | "unverified" (the recipient was warned) | "not checked"
     outbound: list[OutboundOut]

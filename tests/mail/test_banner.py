@@ -120,3 +120,25 @@ def test_operator_restyles_the_box_and_values_stay_escaped() -> None:
                box_style="border-left:4px solid #ff5533")
     assert 'style="border-left:4px solid #ff5533"' in b.html
     assert "Ann &lt;b&gt;" in b.html
+
+
+@pytest.mark.parametrize(("locale", "warning"), [
+    ("en", "We could not verify that this message comes from Sunny <b>Tours</b>."),
+    ("fr", "Nous n\u2019avons pas pu vérifier que ce message vient bien de Sunny <b>Tours</b>."),
+    ("de", "Wir konnten nicht überprüfen, ob diese Nachricht wirklich von Sunny <b>Tours</b> "
+           "stammt."),
+    ("es", "No hemos podido verificar que este mensaje proceda de Sunny <b>Tours</b>."),
+    ("th", "เราไม่สามารถยืนยันได้ว่าข้อความนี้มาจาก Sunny <b>Tours</b> จริง"),
+])
+def test_unverified_sender_is_said_in_the_recipients_language(locale: str, warning: str) -> None:
+    warned = banner(locale, "Sunny <b>Tours</b>", "GYG-1", "Tourly", None, False,
+                    unverified=True)
+    assert warned.text.splitlines()[1] == warning
+    assert Tags(warned.html).text.count(warning) == 1  # the name escaped, shown as text
+    plain = banner(locale, "Sunny <b>Tours</b>", "GYG-1", "Tourly", None, False)
+    assert warning not in plain.text and warning not in Tags(plain.html).text
+
+
+def test_unverified_sender_without_a_name() -> None:
+    warned = banner("en", " ", "GYG-1", "Tourly", None, False, unverified=True)
+    assert "We could not verify who sent this message." in warned.text.splitlines()
