@@ -12,6 +12,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from mailveil.domain.states import InboundState, OutboxState
 from mailveil.store.models import InboundRow, OutboundRow
 
 ACCEPTED = Counter("mailveil_messages_accepted", "Messages answered 250 and stored")
@@ -37,10 +38,10 @@ class QueueCollector(Collector):
         with self._sessions() as s:
             depth, oldest = s.execute(
                 select(func.count(), func.min(OutboundRow.created_at))
-                .where(OutboundRow.state == "queued")).one()
+                .where(OutboundRow.state == OutboxState.QUEUED)).one()
             pending = dict(s.execute(
                 select(InboundRow.state, func.count())
-                .where(InboundRow.state.in_(("received", "failed")))
+                .where(InboundRow.state.in_((InboundState.RECEIVED, InboundState.FAILED)))
                 .group_by(InboundRow.state)).all())
         yield GaugeMetricFamily("mailveil_outbox_depth", "Messages waiting to be delivered",
                                 value=depth)
@@ -51,7 +52,7 @@ class QueueCollector(Collector):
         yield GaugeMetricFamily("mailveil_outbox_oldest_age_seconds",
                                 "Age of the oldest message waiting to be delivered", value=age)
         yield GaugeMetricFamily("mailveil_inbound_pending", "Accepted, not yet processed",
-                                value=pending.get("received", 0))
+                                value=pending.get(InboundState.RECEIVED, 0))
         yield GaugeMetricFamily("mailveil_inbound_failed",
                                 "Processing failed; waiting for a human",
-                                value=pending.get("failed", 0))
+                                value=pending.get(InboundState.FAILED, 0))

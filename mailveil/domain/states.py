@@ -28,6 +28,11 @@ class OutboxState(StrEnum):
     BOUNCED = "bounced"  # returned and explained
 
 
+class OutboxKind(StrEnum):
+    RELAY = "relay"  # a relayed copy for the other party
+    NOTICE = "notice"  # a refusal notice for the sender (never explained by another one)
+
+
 INBOUND_MOVES: Mapping[InboundState, frozenset[InboundState]] = {
     InboundState.RECEIVED: frozenset({InboundState.PROCESSED, InboundState.FAILED}),
 }

@@ -28,12 +28,14 @@ from typing import TypeVar
 
 from sqlalchemy.orm import Session
 
+from mailveil.budget import CPU_SECONDS, TooExpensive, cpu_budget
 from mailveil.domain.addresses import AddressBook, Kind, Role, new_bounce_token
-from mailveil.domain.states import OWES_NOTICE, OutboxState
+from mailveil.domain.states import OWES_NOTICE, OutboxKind, OutboxState
 from mailveil.domain.threading import IdPair
 from mailveil.domain.verdicts import Outcome, SenderCheck
 from mailveil.mail.bounces import BounceReport, parse_report
 from mailveil.mail.inspect import MessageFacts, facts
+from mailveil.mail.mime import header_block
 from mailveil.mail.notices import Reason, UndeliverableCause
 from mailveil.metrics import DECIDED, ERRORS
 from mailveil.pipeline import compose
@@ -61,6 +63,7 @@ class Pipeline:
     batch: int = 50
     lease: timedelta = timedelta(minutes=5)
     holder: str | None = None  # the worker leases name (store/workers.py)
+    cpu_budget: float = CPU_SECONDS  # per message, see mailveil/budget.py
 
 
 @dataclass
@@ -113,7 +116,7 @@ def notice_copy(p: Pipeline, inbound_id: int, raw: bytes, info: MessageFacts,
         reason=reason, cause=cause, booking=recipient.booking, sender_role=sender_role,
         original=raw, facts=info, book=p.book, voice=p.voice, now=now)
     return repo.NewOutbound(
-        kind="notice", inbound_id=inbound_id, booking_id=recipient.booking_id,
+        kind=OutboxKind.NOTICE, inbound_id=inbound_id, booking_id=recipient.booking_id,
         recipient_role=sender_role, bounce_token=new_bounce_token(), mail_from="",
         rcpt_to=recipient.booking.party(sender_role).email, message_id=message_id,
         raw=p.sign(notice_raw),
@@ -139,7 +142,11 @@ class Processor:
         read: list[tuple[repo.Claimed, MessageFacts]] = []
         for message in claimed:
             try:
-                read.append((message, facts(message.raw)))
+                with cpu_budget(self._p.cpu_budget):
+                    read.append((message, facts(message.raw)))
+            except TooExpensive as exc:
+                info = facts(header_block(message.raw))
+                results.append(self._too_expensive(message, info, bookings, now, exc))
             except Exception as exc:
                 results.append(self._failed(message, exc))
         known = Known(bookings, self._pairs(bookings, read))
@@ -169,9 +176,37 @@ class Processor:
     def _process(self, message: repo.Claimed, info: MessageFacts, known: Known,
                  now: datetime) -> Result:
         try:
-            return self._decide(message, info, known, now)
+            with cpu_budget(self._p.cpu_budget):
+                if info.oversized_header is not None:
+                    raise TooExpensive(f"{info.oversized_header} is too long to rewrite")
+                return self._decide(message, info, known, now)
+        except TooExpensive as exc:
+            return self._too_expensive(message, info, known.bookings, now, exc)
         except Exception as exc:
             return self._failed(message, exc)
+
+    def _too_expensive(self, message: repo.Claimed, info: MessageFacts,
+                       bookings: dict[tuple[Role, str], repo.StoredBooking], now: datetime,
+                       exc: TooExpensive) -> Result:
+        """Parked like a failure, but the sender is told: the cost is the message's doing,
+        and retrying it would only cost as much again."""
+        log.warning("processing too expensive; the message is parked",
+                    extra={"inbound_id": message.id, "why": str(exc)})
+        result = Result.failed(message, exc)
+        recipients = [Recipient(address, b.id, b.booking, role)
+                      for address in message.rcpt_to
+                      if (p := self._p.book.parse(address)) is not None
+                      and (role := p.role) is not None
+                      and (b := bookings.get((role, p.token))) is not None]
+        result.archive += [repo.ArchiveEntry(message.id, r.booking_id, r.role.other, info.subject,
+                                             Outcome.REFUSED_TOO_COMPLEX, str(exc))
+                           for r in recipients]
+        if recipients and self._may_notify(message.mail_from, info):
+            # One notice: the sender wrote one message.
+            result.outbound.append(notice_copy(
+                self._p, message.id, message.raw, info, recipients[0],
+                reason_of(Outcome.REFUSED_TOO_COMPLEX), None, now))
+        return result
 
     @staticmethod
     def _failed(message: repo.Claimed, exc: Exception) -> Result:
@@ -223,7 +258,7 @@ class Processor:
             result.pairs.append((r.booking_id, relayed.pair))
         token = new_bounce_token()
         result.outbound.append(repo.NewOutbound(
-            kind="relay", inbound_id=result.message.id, booking_id=r.booking_id,
+            kind=OutboxKind.RELAY, inbound_id=result.message.id, booking_id=r.booking_id,
             recipient_role=r.role, bounce_token=token,
             mail_from=self._p.book.bounce_address(token),
             rcpt_to=r.booking.party(r.role).email, message_id=relayed.message_id,
@@ -281,7 +316,7 @@ class Processor:
         done = Explained(owed, OWES_NOTICE[owed.state], owed.cause)
         original = originals.get(owed.inbound_id) if owed.inbound_id is not None else None
         stored = bookings.get(owed.booking_id) if owed.booking_id is not None else None
-        if owed.kind != "relay" or original is None or stored is None:
+        if owed.kind != OutboxKind.RELAY or original is None or stored is None:
             return done  # a notice that did not arrive is not explained by another one
         assert owed.recipient_role is not None
         info = facts(original.raw)

@@ -26,6 +26,7 @@ from mailveil.domain.states import (
     OUTBOX_MOVES,
     OWES_NOTICE,
     InboundState,
+    OutboxKind,
     OutboxState,
     sources,
 )
@@ -352,7 +353,7 @@ def _archive_values(entry: ArchiveEntry, now: datetime) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class NewOutbound:
-    kind: str  # relay | notice
+    kind: OutboxKind
     inbound_id: int | None
     booking_id: int | None
     recipient_role: Role | None
@@ -470,7 +471,7 @@ _MOVE = {target: (update(OutboundRow).where(
             attempts=OutboundRow.attempts + bindparam("tried"), lease_until=None,
             lease_holder=None)
     .returning(OutboundRow.inbound_id, OutboundRow.booking_id))
-    for target in OutboxState if sources(OUTBOX_MOVES, target)}
+    for target in OutboxState}
 
 
 def retry_outbound(s: Session, outbound_id: int, why: str, at: datetime) -> bool:
@@ -509,7 +510,7 @@ class Owed:
 
     id: int
     state: OutboxState
-    kind: str
+    kind: OutboxKind
     cause: str  # an UndeliverableCause value
     inbound_id: int | None
     booking_id: int | None
@@ -537,7 +538,7 @@ def claim_owed(s: Session, *, limit: int, now: datetime, lease: timedelta,
     if not ids:
         return []
     rows = db.execute(_LEASE_OWED, {"ids": ids, "until": now + lease, "holder": holder})
-    return sorted((Owed(row.id, OutboxState(row.state), row.kind, row.last_error or "",
+    return sorted((Owed(row.id, OutboxState(row.state), OutboxKind(row.kind), row.last_error or "",
                         row.inbound_id, row.booking_id,
                         None if row.recipient_role is None else Role(row.recipient_role),
                         row.rcpt_to) for row in rows), key=lambda o: o.id)

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, CursorResult, delete, select, update
 from sqlalchemy.orm import Session
 
+from mailveil.domain.states import OUTBOX_AT_WORK, InboundState
 from mailveil.store.models import (
     ArchiveEntryRow,
     AttemptRow,
@@ -41,8 +42,8 @@ def purge(s: Session, policy: Retention, now: datetime) -> Purged:
     body_cut, meta_cut = now - policy.body, now - policy.metadata
     bodies = 0
     for table, stamp, finished in (
-        (InboundRow, InboundRow.received_at, InboundRow.state != "received"),
-        (OutboundRow, OutboundRow.created_at, OutboundRow.state != "queued"),
+        (InboundRow, InboundRow.received_at, InboundRow.state != InboundState.RECEIVED),
+        (OutboundRow, OutboundRow.created_at, OutboundRow.state.not_in(OUTBOX_AT_WORK)),
     ):
         result: CursorResult[object] = s.execute(  # type: ignore[assignment]
             update(table).where(stamp < body_cut, finished, table.purged_at.is_(None))
@@ -50,16 +51,16 @@ def purge(s: Session, policy: Retention, now: datetime) -> Purged:
         bodies += result.rowcount
     s.execute(delete(QuarantineRow).where(QuarantineRow.created_at < body_cut))
 
-    # An inbound message whose copies are still queued stays until they are done.
-    still_queued = select(OutboundRow.inbound_id).where(OutboundRow.state == "queued",
+    # An inbound message whose copies are still at work stays until they are done.
+    still_queued = select(OutboundRow.inbound_id).where(OutboundRow.state.in_(OUTBOX_AT_WORK),
                                                         OutboundRow.inbound_id.is_not(None))
     old_inbound = select(InboundRow.id).where(InboundRow.received_at < meta_cut,
-                                              InboundRow.state != "received",
+                                              InboundRow.state != InboundState.RECEIVED,
                                               InboundRow.id.not_in(still_queued))
     old_outbound = select(OutboundRow.id).where(
         OutboundRow.inbound_id.in_(old_inbound) | (OutboundRow.inbound_id.is_(None)
                                                    & (OutboundRow.created_at < meta_cut)),
-        OutboundRow.state != "queued")
+        OutboundRow.state.not_in(OUTBOX_AT_WORK))
     s.execute(delete(AttemptRow).where(AttemptRow.outbound_id.in_(old_outbound)))
     records = _deleted(s, OutboundRow, OutboundRow.id.in_(old_outbound))
     s.execute(delete(ArchiveEntryRow).where(ArchiveEntryRow.inbound_id.in_(old_inbound)))

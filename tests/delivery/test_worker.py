@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailveil.delivery.transport import Result, Status
 from mailveil.delivery.worker import Deliverer, Policy
-from mailveil.domain.states import OutboxState
+from mailveil.domain.states import OutboxKind, OutboxState
 from mailveil.mail.notices import UndeliverableCause
 from mailveil.store import repository as repo
 from mailveil.store.models import AttemptRow, OutboundRow
@@ -43,7 +43,7 @@ class AnswersByRecipient:
 def queue(sessions: sessionmaker[Session], rcpts: list[str]) -> list[int]:
     with sessions() as s, s.begin():
         return [repo.queue_outbound(s, repo.NewOutbound(
-            kind="notice", inbound_id=None, booking_id=None, recipient_role=None,
+            kind=OutboxKind.NOTICE, inbound_id=None, booking_id=None, recipient_role=None,
             bounce_token=f"{i:020x}", mail_from="", rcpt_to=rcpt, message_id=f"<{i}@x>",
             raw=b"Subject: s\r\n\r\nbody\r\n"), NOW) for i, rcpt in enumerate(rcpts)]
 

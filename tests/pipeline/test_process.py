@@ -5,6 +5,7 @@ others."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -12,9 +13,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailveil.domain.addresses import AddressBook, Role
 from mailveil.domain.booking import Party
+from mailveil.domain.states import InboundState, OutboxKind, OutboxState
 from mailveil.domain.verdicts import Outcome
 from mailveil.mail.inspect import facts
-from mailveil.pipeline import process
+from mailveil.mail.notices import Reason, UndeliverableCause
+from mailveil.pipeline import compose, process
 from mailveil.pipeline.compose import Voice
 from mailveil.pipeline.process import Pipeline, Processor
 from mailveil.store import repository as repo
@@ -148,3 +151,131 @@ def test_a_message_another_worker_finished_is_not_recorded_twice(
     with sessions() as s:
         assert s.scalars(select(OutboundRow)).all() == []
         assert s.scalars(select(ArchiveEntryRow)).all() == []
+
+
+def relay_copies(sessions: sessionmaker[Session]) -> list[OutboundRow]:
+    with sessions() as s:
+        return list(s.scalars(select(OutboundRow).where(OutboundRow.kind == OutboxKind.RELAY)
+                              .order_by(OutboundRow.id)))
+
+
+def report_undeliverable(sessions: sessionmaker[Session], outbound_id: int) -> None:
+    """What delivery does when the recipient's server refuses a copy for good."""
+    with sessions() as s, s.begin():
+        assert repo.move_outbound(s, outbound_id, OutboxState.UNDELIVERABLE, NOW,
+                                  why=UndeliverableCause.ADDRESS_INVALID, tried=True)
+
+
+def test_the_sender_of_an_undeliverable_copy_is_told_after_delivery(
+        sessions: sessionmaker[Session]) -> None:
+    [(sender, rcpt)] = setup_bookings(sessions, 1)
+    inbound_id = accept(sessions, sender, rcpt, "lunch")
+    processor(sessions).run_once(NOW)
+    [copy] = relay_copies(sessions)
+    report_undeliverable(sessions, copy.id)
+    assert processor(sessions).run_once(NOW) == 1
+    assert processor(sessions).run_once(NOW) == 0  # told once
+    with sessions() as s:
+        relay = s.get(OutboundRow, copy.id)
+        [notice] = s.scalars(select(OutboundRow).where(OutboundRow.kind == OutboxKind.NOTICE))
+        entries = s.execute(select(ArchiveEntryRow.outcome, ArchiveEntryRow.detail)
+                            .where(ArchiveEntryRow.inbound_id == inbound_id)).all()
+    assert relay is not None and relay.state == OutboxState.FAILED
+    assert (notice.rcpt_to, notice.mail_from, notice.state) == (sender, "", OutboxState.QUEUED)
+    assert b"lunch" in notice.raw and notice.inbound_id == inbound_id
+    assert set(entries) == {(Outcome.RELAYED, ""),
+                            (Outcome.REFUSED_UNDELIVERABLE, UndeliverableCause.ADDRESS_INVALID)}
+
+
+def test_a_permanent_bounce_returns_the_copy_and_its_sender_is_told(
+        sessions: sessionmaker[Session]) -> None:
+    [(sender, rcpt)] = setup_bookings(sessions, 1)
+    accept(sessions, sender, rcpt, "dinner")
+    processor(sessions).run_once(NOW)
+    [copy] = relay_copies(sessions)
+    dsn = bounce_for(copy.mail_from)
+    with sessions() as s, s.begin():
+        repo.store_inbound(s, mail_from="", rcpt_to=[copy.mail_from], raw=dsn, scan="clean",
+                           now=NOW)
+    processor(sessions).run_once(NOW)
+    with sessions() as s:
+        relay = s.get(OutboundRow, copy.id)
+        notices = s.scalars(select(OutboundRow.rcpt_to)
+                            .where(OutboundRow.kind == OutboxKind.NOTICE)).all()
+        outcomes = s.scalars(select(ArchiveEntryRow.outcome)).all()
+    assert relay is not None and relay.state == OutboxState.BOUNCED
+    assert relay.last_error == UndeliverableCause.MAILBOX_FULL
+    assert notices == [sender]
+    assert sorted(outcomes) == sorted([Outcome.RELAYED, Outcome.BOUNCE_RECORDED,
+                                       Outcome.REFUSED_UNDELIVERABLE])
+
+
+def bounce_for(verp: str) -> bytes:
+    return (f"From: MAILER-DAEMON@mx.supplier.example\r\nTo: {verp}\r\n"
+            "Subject: Undelivered Mail Returned to Sender\r\nMIME-Version: 1.0\r\n"
+            'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n\r\n'
+            "--B\r\nContent-Type: text/plain\r\n\r\nMailbox full.\r\n"
+            "--B\r\nContent-Type: message/delivery-status\r\n\r\n"
+            "Reporting-MTA: dns; mx.supplier.example\r\n\r\n"
+            "Final-Recipient: rfc822; desk@supplier.example\r\nAction: failed\r\n"
+            "Status: 5.2.2\r\n--B--\r\n").encode()
+
+
+def test_a_bounce_that_breaks_the_parser_parks_only_itself(
+        sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch) -> None:
+    [(sender, rcpt)] = setup_bookings(sessions, 1)
+    accept(sessions, sender, rcpt, "first")
+    processor(sessions).run_once(NOW)
+    [copy] = relay_copies(sessions)
+
+    def parse_report(raw: bytes) -> None:
+        raise ValueError("the bounce parser broke")
+
+    monkeypatch.setattr(process, "parse_report", parse_report)
+    with sessions() as s, s.begin():
+        bounce = repo.store_inbound(s, mail_from="", rcpt_to=[copy.mail_from],
+                                    raw=bounce_for(copy.mail_from), scan="clean", now=NOW)
+    good = accept(sessions, sender, rcpt, "second")
+    processor(sessions).run_once(NOW)
+    assert {i: st for i, st in states(sessions).items() if i in (bounce, good)} == {
+        bounce: InboundState.FAILED, good: InboundState.PROCESSED}
+    with sessions() as s:
+        row = s.get(InboundRow, bounce)
+    assert row is not None and "the bounce parser broke" in (row.error or "")
+    assert [c.state for c in relay_copies(sessions)] == [OutboxState.QUEUED] * 2
+
+
+def test_a_notice_that_cannot_be_composed_parks_its_copy(
+        sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch) -> None:
+    envelopes = setup_bookings(sessions, 2)
+    for i, (sender, rcpt) in enumerate(envelopes):
+        accept(sessions, sender, rcpt, f"poison {i}" if i == 0 else f"fine {i}")
+    processor_ = Processor(sessions, Pipeline(BOOK, VOICE, lambda raw: raw, batch=10))
+    processor_.run_once(NOW)
+    bad, good = relay_copies(sessions)
+    real_notice = compose.notice
+
+    def notice(**kw: Any) -> tuple[bytes, str]:
+        if b"poison" in kw["original"]:
+            raise RuntimeError("composing broke")
+        return real_notice(**kw)
+
+    monkeypatch.setattr(compose, "notice", notice)
+    for copy in (bad, good):
+        report_undeliverable(sessions, copy.id)
+    assert processor_.run_once(NOW) == 2
+    with sessions() as s:
+        rows = {r.id: r for r in s.scalars(select(OutboundRow))}
+        failed = s.scalars(select(ArchiveEntryRow.detail)
+                           .where(ArchiveEntryRow.outcome == Outcome.FAILED)).all()
+    assert rows[bad.id].state == OutboxState.FAILED
+    assert "composing broke" in (rows[bad.id].last_error or "")
+    assert len(failed) == 1 and "composing broke" in failed[0]
+    assert rows[good.id].state == OutboxState.FAILED  # explained
+    assert [r.rcpt_to for r in rows.values() if r.kind == OutboxKind.NOTICE] == [
+        envelopes[1][0]]
+
+
+def test_every_refusal_has_a_notice_reason() -> None:
+    refusals = [o for o in Outcome if o.startswith("refused_")]
+    assert sorted(process.reason_of(o) for o in refusals) == sorted(Reason)

@@ -1,15 +1,24 @@
-"""Repository functions on SQLite and PostgreSQL: claims, leases, quarantine."""
+"""Repository functions on SQLite and PostgreSQL: claims, leases, quarantine, state moves."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailveil.domain.booking import Party
+from mailveil.domain.states import (
+    INBOUND_MOVES,
+    OUTBOX_MOVES,
+    InboundState,
+    OutboxKind,
+    OutboxState,
+)
+from mailveil.domain.verdicts import Outcome
 from mailveil.store import repository as repo
-from mailveil.store.models import InboundRow, QuarantineRow
+from mailveil.store.models import ArchiveEntryRow, InboundRow, OutboundRow, QuarantineRow
 
 NOW = datetime(2026, 5, 1, tzinfo=UTC)
 RAW = b"Subject: hi\r\nMessage-ID: <1@x>\r\n\r\nbody with EICAR-like payload\r\n"
@@ -80,8 +89,9 @@ def test_claims_stop_at_the_batch_byte_budget(sessions: sessionmaker[Session],
         ids = [repo.store_inbound(s, mail_from="a@x", rcpt_to=["b@y"], raw=RAW, scan="clean",
                                   now=NOW) for _ in range(5)]
         for i in ids:
-            repo.queue_outbound(s, repo.NewOutbound("notice", i, None, None, f"{i:020x}", "",
-                                                    "r@x", f"<{i}@x>", RAW), NOW)
+            repo.queue_outbound(s, repo.NewOutbound(OutboxKind.NOTICE, i, None, None,
+                                                    f"{i:020x}", "", "r@x", f"<{i}@x>", RAW),
+                                NOW)
     lease = timedelta(minutes=5)
     with sessions() as s, s.begin():
         assert [c.id for c in repo.claim_inbound(s, limit=5, now=NOW, lease=lease)] == ids[:2]
@@ -89,3 +99,64 @@ def test_claims_stop_at_the_batch_byte_budget(sessions: sessionmaker[Session],
     monkeypatch.setattr(repo, "BATCH_BYTES", 1)  # a message above the budget still goes alone
     with sessions() as s, s.begin():
         assert [c.id for c in repo.claim_inbound(s, limit=5, now=NOW, lease=lease)] == ids[2:3]
+
+
+def test_outbox_states_change_only_as_the_state_model_allows(
+        sessions: sessionmaker[Session]) -> None:
+    """Every (from, to) pair: the store's move happens exactly when OUTBOX_MOVES lists it."""
+    pairs = [(start, target) for start in OutboxState for target in OutboxState]
+    with sessions() as s, s.begin():
+        inbound_id = repo.store_inbound(s, mail_from="a@x", rcpt_to=["b@y"], raw=RAW,
+                                        scan="clean", now=NOW)
+        ids = repo.queue_outbounds(s, [repo.NewOutbound(
+            kind=OutboxKind.RELAY, inbound_id=inbound_id, booking_id=None, recipient_role=None,
+            bounce_token=f"{i:020x}", mail_from="", rcpt_to="r@example.org",
+            message_id=f"<{i}@x>", raw=b"s\r\n") for i in range(len(pairs))], NOW)
+        for outbound_id, (start, _) in zip(ids, pairs, strict=True):
+            s.execute(update(OutboundRow).where(OutboundRow.id == outbound_id)
+                      .values(state=start))
+    with sessions() as s, s.begin():
+        moved = {pair: repo.move_outbound(s, outbound_id, pair[1], NOW, why="why") is not None
+                 for outbound_id, pair in zip(ids, pairs, strict=True)}
+    with sessions() as s:
+        states = dict(s.execute(select(OutboundRow.id, OutboundRow.state)).all())
+    for outbound_id, (start, target) in zip(ids, pairs, strict=True):
+        allowed = target in OUTBOX_MOVES.get(start, ())
+        assert moved[(start, target)] is allowed, (start, target)
+        assert states[outbound_id] == (target if allowed else start)
+
+
+def test_inbound_states_change_only_as_the_state_model_allows(
+        sessions: sessionmaker[Session]) -> None:
+    with sessions() as s, s.begin():
+        ids = {start: repo.store_inbound(s, mail_from="a@x", rcpt_to=["b@y"], raw=RAW,
+                                         scan="clean", now=NOW) for start in InboundState}
+        for start, inbound_id in ids.items():
+            s.execute(update(InboundRow).where(InboundRow.id == inbound_id).values(state=start))
+    with sessions() as s, s.begin():
+        processed = repo.mark_processed(s, ids.values(), NOW)
+        failed = {i for i in ids.values() if repo.mark_failed(s, i, "error", NOW)}
+    may = INBOUND_MOVES[InboundState.RECEIVED]
+    assert InboundState.PROCESSED in may and InboundState.FAILED in may
+    assert processed == {ids[start] for start in INBOUND_MOVES}
+    assert failed == set()  # processed just before: a finished message stays finished
+
+
+def test_a_parked_copy_leaves_its_error_in_the_archive(sessions: sessionmaker[Session]) -> None:
+    with sessions() as s, s.begin():
+        inbound_id = repo.store_inbound(s, mail_from="a@x", rcpt_to=["b@y"], raw=RAW,
+                                        scan="clean", now=NOW)
+        [outbound_id] = repo.queue_outbounds(s, [repo.NewOutbound(
+            kind=OutboxKind.RELAY, inbound_id=inbound_id, booking_id=None, recipient_role=None,
+            bounce_token="0" * 20, mail_from="", rcpt_to="r@example.org", message_id="<1@x>",
+            raw=b"s\r\n")], NOW)
+    with sessions() as s, s.begin():
+        assert repo.park_outbound(s, outbound_id, "RuntimeError('boom')", NOW)
+        assert not repo.park_outbound(s, outbound_id, "again", NOW)  # parked once
+    with sessions() as s:
+        row = s.get(OutboundRow, outbound_id)
+        [entry] = s.scalars(select(ArchiveEntryRow)).all()
+    assert row is not None and row.state == OutboxState.FAILED and row.lease_until is None
+    assert row.last_error == "RuntimeError('boom')"
+    assert (entry.inbound_id, entry.outcome) == (inbound_id, Outcome.FAILED)
+    assert "boom" in entry.detail

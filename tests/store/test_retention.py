@@ -8,6 +8,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailveil.domain.addresses import Role
+from mailveil.domain.states import InboundState, OutboxKind, OutboxState
 from mailveil.store import repository as repo
 from mailveil.store.models import ArchiveEntryRow, InboundRow, OutboundRow, QuarantineRow
 from mailveil.store.retention import Mismatch, Retention, purge, verify
@@ -17,14 +18,16 @@ NOW = datetime(2027, 1, 1, tzinfo=UTC)
 POLICY = Retention(body=30 * DAY, metadata=365 * DAY)
 
 
-def message(s: Session, when: datetime, *, state: str = "delivered", scan: str = "clean") -> int:
+def message(s: Session, when: datetime, *, state: OutboxState = OutboxState.DELIVERED,
+            scan: str = "clean") -> int:
     inbound_id = repo.store_inbound(s, mail_from="a@example.org", rcpt_to=["r@x"],
                                     raw=b"Subject: s\r\n\r\nbody\r\n", scan=scan, now=when)
-    s.execute(update(InboundRow).where(InboundRow.id == inbound_id).values(state="processed"))
+    s.execute(update(InboundRow).where(InboundRow.id == inbound_id)
+              .values(state=InboundState.PROCESSED))
     repo.add_archive_entry(s, repo.ArchiveEntry(inbound_id, None, Role.CUSTOMER, "s", "relayed",
                                                 ""), when)
     outbound_id = repo.queue_outbound(s, repo.NewOutbound(
-        kind="relay", inbound_id=inbound_id, booking_id=None, recipient_role=Role.SUPPLIER,
+        kind=OutboxKind.RELAY, inbound_id=inbound_id, booking_id=None, recipient_role=Role.SUPPLIER,
         bounce_token=f"{inbound_id:020x}", mail_from="b@x", rcpt_to="s@example.org",
         message_id="<m@x>", raw=b"To: s\r\n\r\nbody\r\n"), when)
     s.execute(update(OutboundRow).where(OutboundRow.id == outbound_id).values(state=state))
@@ -41,7 +44,7 @@ def test_bodies_go_first_then_metadata(sessions: sessionmaker[Session]) -> None:
         recent = message(s, NOW - 10 * DAY)
         old = message(s, NOW - 40 * DAY)
         ancient = message(s, NOW - 400 * DAY)
-        waiting = message(s, NOW - 400 * DAY, state="queued")
+        waiting = message(s, NOW - 400 * DAY, state=OutboxState.QUEUED)
         message(s, NOW - 40 * DAY, scan="infected: Test.EICAR")
     with sessions() as s, s.begin():
         result = purge(s, POLICY, NOW)
@@ -53,7 +56,7 @@ def test_bodies_go_first_then_metadata(sessions: sessionmaker[Session]) -> None:
         assert waiting in by_id  # its copy is still queued
         assert count(s, QuarantineRow) == 0
         assert count(s, ArchiveEntryRow) == 4
-        queued = s.scalars(select(OutboundRow).where(OutboundRow.state == "queued")).one()
+        queued = s.scalars(select(OutboundRow).where(OutboundRow.state == OutboxState.QUEUED)).one()
         assert queued.purged_at is None
     assert result.records == 2  # the ancient inbound row and its outbound copy
     with sessions() as s:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
+from mailveil.domain.states import OutboxKind
 from mailveil.store import repository as repo
 from mailveil.store import workers
 from mailveil.store.models import WorkerRow
@@ -107,7 +108,7 @@ def leased_messages(sessions: sessionmaker[Session], owner: Holder) -> None:
     with sessions() as s, s.begin():
         inbound_id = repo.store_inbound(s, mail_from="a@x", rcpt_to=["b@y"], raw=RAW,
                                         scan="clean", now=NOW)
-        repo.queue_outbound(s, repo.NewOutbound("notice", inbound_id, None, None,
+        repo.queue_outbound(s, repo.NewOutbound(OutboxKind.NOTICE, inbound_id, None, None,
                                                 f"{inbound_id:024x}", "", "r@x",
                                                 f"<{inbound_id}@x>", RAW), NOW)
         assert repo.claim_inbound(s, limit=5, now=NOW, lease=LEASE, holder=owner.id)
