@@ -23,11 +23,22 @@ from gettext import NullTranslations
 
 from mailveil.i18n import resolve, translator
 from mailveil.mail.bounces import UndeliverableCause
+from mailveil.mail.rewrite import MAX_LINE
 
 __all__ = ["Notice", "Reason", "UndeliverableCause", "build_notice"]
 
 # 7bit: every part is encoded to survive any hop (and any DKIM canonicalisation) unchanged.
 _POLICY = policy.SMTP.clone(cte_type="7bit")
+# Header fields are folded only past RFC 5322's limit: the stdlib turns a Message-ID longer
+# than a 78-column line into encoded words, which no mail program threads on.
+_HEADERS = _POLICY.clone(max_line_length=MAX_LINE)
+# The folder counts characters, the limit octets: a UTF-8 character takes up to four.
+_UTF8_HEADERS = _HEADERS.clone(utf8=True, max_line_length=MAX_LINE // 4)
+_THREADING = "In-Reply-To: "
+
+MAX_NAME = 200
+"""Characters of a display name written (the API's limit for a party's name): one word
+longer than a header line cannot be folded, and no one's name is that long."""
 
 
 class Reason(StrEnum):
@@ -87,17 +98,18 @@ def build_notice(n: Notice) -> bytes:
     _ = t.gettext
     subject = _one_line(n.original_subject) or _("(no subject)")
     # An internationalised address (RFC 6531) can only be written in UTF-8 headers.
-    msg = EmailMessage(policy=_POLICY if n.to_address.isascii() else _POLICY.clone(utf8=True))
-    msg["From"] = Address(_one_line(n.platform_name), addr_spec=n.noreply_address)
+    msg = EmailMessage(policy=_HEADERS if n.to_address.isascii() else _UTF8_HEADERS)
+    msg["From"] = Address(_display_name(n.platform_name), addr_spec=n.noreply_address)
     local, _at, domain = n.to_address.rpartition("@")  # addr_spec= refuses UTF-8 local parts
-    msg["To"] = Address(_one_line(n.to_name), local, domain)
+    msg["To"] = Address(_display_name(n.to_name), local, domain)
     # TRANSLATORS: subject of the notice; {subject} is the subject of the sender's message.
     msg["Subject"] = _("Undelivered: {subject}").format(subject=subject)
     msg["Date"] = n.date
     msg["Message-ID"] = _bracketed(n.message_id)
-    if n.original_message_id:
-        msg["In-Reply-To"] = _bracketed(n.original_message_id)
-        msg["References"] = _bracketed(n.original_message_id)
+    original = _bracketed(n.original_message_id or "")
+    if n.original_message_id and len(_THREADING + original) <= MAX_LINE:
+        msg["In-Reply-To"] = original
+        msg["References"] = original
     msg["Auto-Submitted"] = "auto-replied"  # RFC 3834: nothing should answer this
     msg["X-Auto-Response-Suppress"] = "All"  # the same, for Exchange's out-of-office replies
     msg["MIME-Version"] = "1.0"
@@ -233,6 +245,11 @@ def _headers_part(raw_headers: bytes) -> MIMEPart:
 def _one_line(value: str) -> str:
     """Header-safe text: a subject or name with folded lines never injects a header."""
     return " ".join(value.split())
+
+
+def _display_name(value: str) -> str:
+    name = _one_line(value)
+    return name if len(name) <= MAX_NAME else name[: MAX_NAME - 1] + "\u2026"
 
 
 def _bracketed(message_id: str) -> str:

@@ -4,15 +4,19 @@ name the other party."""
 from __future__ import annotations
 
 import dataclasses
+import operator
 import re
 from datetime import UTC, datetime
 from email import message_from_bytes, message_from_string, policy
 from email.message import EmailMessage, Message
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailveil.mail.bounces import parse_report
 from mailveil.mail.notices import Notice, Reason, UndeliverableCause, build_notice
+from tests.support.long_lines import long_lines
 
 SENDER = "ann.supplier@tours-ann.example"
 RELAY = "customer-0123456789ab@reply.example.com"
@@ -248,3 +252,35 @@ def test_an_internationalised_sender_address_gets_utf8_headers() -> None:
     raw = build_notice(notice(to_address="jörg@bücher.example", to_name="Jörg"))
     msg = message_from_string(raw.decode("utf-8"), policy=policy.SMTPUTF8)
     assert msg["To"].addresses[0].addr_spec == "jörg@bücher.example"
+
+
+ODD_TEXT = st.one_of(
+    st.text(max_size=3000),
+    st.builds(operator.mul, st.sampled_from(["x", "é", "ไ", "😀", '"', "\\", "a b", "=?"]),
+              st.integers(0, 2500)),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(name=ODD_TEXT, subject=ODD_TEXT, platform=ODD_TEXT,
+       message_id=st.from_regex(r"<[!-;=?-~]{1,1200}>", fullmatch=True),
+       headers=st.binary(max_size=3000), utf8_address=st.booleans(),
+       locale=st.sampled_from(["en", "fr", "th", "de", "es"]), case=st.sampled_from(ALL_CASES))
+def test_no_line_is_longer_than_998_whatever_the_names_and_subjects(
+        name: str, subject: str, platform: str, message_id: str, headers: bytes,
+        utf8_address: bool, locale: str, case: tuple[Reason, UndeliverableCause | None]) -> None:
+    raw = build_notice(notice(
+        to_name=name, original_subject=subject, platform_name=platform,
+        original_message_id=message_id, original_headers=headers,
+        to_address="añn@tours-ann.example" if utf8_address else SENDER, locale=locale,
+        reason=case[0], cause=case[1]))
+    assert long_lines(raw) == []
+    msg = parse(raw)
+    assert msg["In-Reply-To"] in (None, message_id)  # threads as is, or not at all
+    assert (msg["In-Reply-To"] is None) == (len(f"In-Reply-To: {message_id}") > 998)
+
+
+def test_a_long_message_id_still_threads() -> None:
+    long_id = "<" + "a" * 80 + "@mail.example.com>"
+    msg = parse(build_notice(notice(original_message_id=long_id)))
+    assert msg["In-Reply-To"] == long_id and msg["References"] == long_id
