@@ -60,6 +60,7 @@ class Settings:
     clamd: str | None = None
     dns: str | None = None  # host:port of the resolver for SPF/DKIM/DMARC; None: the system's
     lease: timedelta = timedelta(minutes=5)
+    cpu_budget_seconds: int = 10  # CPU a message may cost to process (mailveil/budget.py)
     retention_body: timedelta = timedelta(days=180)
     retention_metadata: timedelta = timedelta(days=730)
     banner: bool = True
@@ -153,6 +154,8 @@ def from_env(env: Mapping[str, str]) -> Settings:
         values["retention_body"] = timedelta(days=_positive_int("RETENTION_BODY_DAYS", v))
     if (v := get("RETENTION_DAYS")) is not None:
         values["retention_metadata"] = timedelta(days=_positive_int("RETENTION_DAYS", v))
+    if (v := get("CPU_BUDGET_SECONDS")) is not None:
+        values["cpu_budget_seconds"] = _positive_int("CPU_BUDGET_SECONDS", v)
     if (v := get("LEASE_SECONDS")) is not None:
         values["lease"] = timedelta(seconds=_positive_int("LEASE_SECONDS", v))
     if (v := get("MAX_MESSAGE_BYTES")) is not None:

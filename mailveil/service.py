@@ -168,7 +168,8 @@ async def run_worker(rt: Runtime) -> None:
     me, dead = await asyncio.to_thread(workers.start, rt.sessions, now())
     _reaped(dead)
     processor = Processor(rt.sessions, Pipeline(book, voice, signer(s), batch=s.worker_batch,
-                                                lease=s.lease, holder=me.holder.id))
+                                                lease=s.lease, holder=me.holder.id,
+                                                cpu_budget=s.cpu_budget_seconds))
     policy = Policy(retry_first=s.retry_first, retry_cap=s.retry_max_interval,
                     retry_for=s.retry_for, batch=s.worker_batch, lease=s.lease)
     transports = _transports(s, policy.connections)

@@ -12,6 +12,7 @@ class Outcome(StrEnum):
     REFUSED_SEVERAL_CUSTOMERS = "refused_several_customers"  # privacy: >1 customer in To/Cc
     REFUSED_EXPIRED = "refused_expired"  # conversation window closed
     REFUSED_TOO_LARGE = "refused_too_large"  # attachments above the limit
+    REFUSED_TOO_COMPLEX = "refused_too_complex"  # over its CPU budget: parked, sender told
     BOUNCE_RECORDED = "bounce_recorded"  # a DSN for one of our outgoing messages
     FAILED = "failed"  # processing crashed; set aside for a human, never dropped
 

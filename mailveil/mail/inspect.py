@@ -10,11 +10,17 @@ import re
 from dataclasses import dataclass
 
 from mailveil.mail.mime import Entity, Field, parse, payload
+from mailveil.mail.rewrite import KEPT_HEADERS
 
 _MSG_ID = re.compile(r"<([^<>]+)>")
 _ADDR_SPEC = re.compile(r"[^\s<>@\",;:()\[\]]+@[^\s<>@\",;:()\[\]]+")
 _TOKEN = re.compile(r"[\w.-]+")
 _LIST_PRECEDENCE = frozenset({"bulk", "junk", "list"})
+
+MAX_REWRITTEN_HEADER = 64 * 1024
+"""Bytes of a top-level field the relay may have to rewrite. Real ones stay far below (a
+long Subject is a few hundred); past this the message is refused with a notice rather
+than rewritten: one folded over 30,000 lines cost 31 s before rewriting was linear."""
 
 MAX_SUBJECT = 998
 """Characters of the Subject kept for the archive and quoted in notices: enough to tell
@@ -33,6 +39,7 @@ class MessageFacts:
     attachment_bytes: int
     date: str | None
     from_name: str
+    oversized_header: str | None = None  # a field the relay writes out, too long to rewrite
 
 
 def facts(raw: bytes) -> MessageFacts:
@@ -54,6 +61,9 @@ def facts(raw: bytes) -> MessageFacts:
         ),
         date=(date.text or None) if date else None,
         from_name=_display_name(root.get("from")),
+        oversized_header=next((f.name for f in root.fields
+                               if f.key in KEPT_HEADERS and len(f.raw) > MAX_REWRITTEN_HEADER),
+                              None),
     )
 
 
