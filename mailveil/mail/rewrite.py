@@ -454,7 +454,7 @@ def _with_banner(text: str, banner: str, *, html: bool) -> str:
     if html:
         body = _BODY_TAG.search(text)
         at = body.end() if body else 0
-        return text[:at] + banner + text[at:]
+        return text[:at] + _LINE_BREAK.sub(newline, banner) + text[at:]
     return _LINE_BREAK.sub(newline, banner.strip("\r\n")) + newline * 2 + text
 
 

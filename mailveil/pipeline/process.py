@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TypeVar
@@ -87,10 +87,15 @@ class Result:
     error: str | None = None
 
     @classmethod
-    def failed(cls, message: repo.Claimed, exc: BaseException) -> Result:
+    def failed(cls, message: repo.Claimed, exc: BaseException,
+               booking_ids: Iterable[int | None] = ()) -> Result:
+        """Parked, with the error in the archive of each booking it was for (so care sees
+        it there), or in one entry of no booking."""
         error = repr(exc)[:2000]
-        return cls(message, archive=[repo.ArchiveEntry(message.id, None, None, "",
-                                                       Outcome.FAILED, error)], error=error)
+        return cls(message, archive=[repo.ArchiveEntry(message.id, booking_id, None, "",
+                                                       Outcome.FAILED, error)
+                                     for booking_id in dict.fromkeys(booking_ids) or [None]],
+                   error=error)
 
 
 @dataclass
@@ -148,13 +153,14 @@ class Processor:
                 info = facts(header_block(message.raw))
                 results.append(self._too_expensive(message, info, bookings, now, exc))
             except Exception as exc:
-                results.append(self._failed(message, exc))
+                results.append(self._failed(message, exc, bookings))
         known = Known(bookings, self._pairs(bookings, read))
         results += [self._process(message, info, known, now) for message, info in read]
         if not results:
             return 0
         _write(self._sessions, results, lambda s, batch: self._record(s, batch, now),
-               lambda r, exc: Result.failed(r.message, exc))
+               lambda r, exc: Result.failed(r.message, exc,
+                                            (e.booking_id for e in r.archive)))
         return len(claimed)
 
     def _tokens(self, claimed: list[repo.Claimed]) -> list[tuple[Role, str]]:
@@ -183,7 +189,7 @@ class Processor:
         except TooExpensive as exc:
             return self._too_expensive(message, info, known.bookings, now, exc)
         except Exception as exc:
-            return self._failed(message, exc)
+            return self._failed(message, exc, known.bookings)
 
     def _too_expensive(self, message: repo.Claimed, info: MessageFacts,
                        bookings: dict[tuple[Role, str], repo.StoredBooking], now: datetime,
@@ -208,12 +214,13 @@ class Processor:
                 reason_of(Outcome.REFUSED_TOO_COMPLEX), None, now))
         return result
 
-    @staticmethod
-    def _failed(message: repo.Claimed, exc: Exception) -> Result:
+    def _failed(self, message: repo.Claimed, exc: Exception,
+                bookings: dict[tuple[Role, str], repo.StoredBooking]) -> Result:
         log.exception("processing failed; the message is parked",
                       extra={"inbound_id": message.id})
         ERRORS.labels(stage="processing").inc()
-        return Result.failed(message, exc)
+        return Result.failed(message, exc, (
+            bookings[key].id for key in self._tokens([message]) if key in bookings))
 
     def _decide(self, message: repo.Claimed, info: MessageFacts, known: Known,
                 now: datetime) -> Result:
