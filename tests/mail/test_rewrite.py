@@ -11,7 +11,6 @@ import operator
 import os
 import re
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from email import policy
 from email.header import Header, decode_header, make_header
@@ -24,9 +23,9 @@ from hypothesis import strategies as st
 
 from mailveil.mail.mime import Entity, body_bytes, parse, payload, serialize
 from mailveil.mail.rewrite import FORWARDED, MAX_FORWARD_DEPTH, SEALED, RewritePlan, rewrite
+from tests.support.corpora import CORPORA, corpus_messages
 from tests.support.long_lines import decoded_leaves, long_lines
 
-CORPORA = Path(__file__).parents[1] / "corpora"
 GOLDEN = Path(__file__).parent / "golden"
 SENDER_RELAY = "customer-12ab3456cd78@reply.example.com"
 RECIPIENT_RELAY = "local-partner-0a1b2c3d4e5f@reply.example.com"
@@ -711,35 +710,6 @@ def test_real_address_survives_nowhere(message: tuple[bytes, str]) -> None:
 
 
 # --- corpus ------------------------------------------------------------------------------
-
-MBOX_SEPARATOR = re.compile(rb"(?:^|\n)From [^\n]*\n")
-NOT_MESSAGES = {"LICENSE", "SOURCE.txt"}
-
-
-def wrapped(blob: bytes, filename: str) -> bytes:
-    """Raw TNEF streams are what Outlook attaches as winmail.dat; carry them that way."""
-    message = email.message.EmailMessage()
-    message["From"] = "Corpus Sender <corpus.sender@example.net>"
-    message["Subject"] = f"{filename} attached"
-    message.set_content("See the attachment, or write to corpus.sender@example.net.\n")
-    message.add_attachment(blob, maintype="application", subtype="ms-tnef", filename="winmail.dat")
-    return message.as_bytes(policy=policy.SMTP)
-
-
-def corpus_messages() -> Iterator[tuple[str, bytes]]:
-    """One message per file; mbox files (and files with an mbox envelope line) are split."""
-    for path in sorted(CORPORA.rglob("*")) if CORPORA.is_dir() else []:
-        if not path.is_file() or path.name in NOT_MESSAGES:
-            continue
-        name, raw = str(path.relative_to(CORPORA)), path.read_bytes()
-        if path.suffix == ".tnef":
-            yield name, wrapped(raw, path.name)
-        elif raw.startswith(b"From "):
-            for index, chunk in enumerate(MBOX_SEPARATOR.split(raw)[1:]):
-                yield f"{name}#{index}", chunk
-        else:
-            yield name, raw
-
 
 CORPUS = [pytest.param(raw, id=name) for name, raw in corpus_messages()] or [
     pytest.param(b"", marks=pytest.mark.skip(reason=f"corpus folder {CORPORA} not present"))
