@@ -58,12 +58,13 @@ def banner(locale: str, sender_name: str, reference: str, platform_name: str,
         when = format_date(open_until, format="long", locale=resolve(locale))
         lines.append((_("You can write to this customer until {date}."), {"date": when}))
     text = "\n".join(template.format(**values) for template, values in lines)
-    paragraphs = "".join(
+    # A line a paragraph: a name or a translation, not the whole banner, makes a line long.
+    paragraphs = "\n".join(
         f'<p style="{_LINE}">' + escape(template).format(**{
             key: f"<strong>{escape(value)}</strong>" for key, value in values.items()
         }) + "</p>"
         for template, values in lines)
     html = (f'<div lang="{resolve(locale).language}" style="{escape(box_style)}">'
             f'<table role="presentation" width="100%" cellpadding="0" cellspacing="0" '
-            f'border="0"><tr><td style="{_CELL}">{paragraphs}</td></tr></table></div>')
+            f'border="0"><tr><td style="{_CELL}">\n{paragraphs}\n</td></tr></table></div>')
     return Banner(text=f"{text}\n{'-' * 40}\n", html=html)

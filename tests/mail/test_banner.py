@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import operator
 from datetime import UTC, datetime
 from html.parser import HTMLParser
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailveil.mail.banner import banner
+from mailveil.mail.rewrite import RewritePlan, rewrite
+from tests.support.long_lines import long_lines
 
 UNTIL = datetime(2025, 3, 12, 17, 0, tzinfo=UTC)
 
@@ -142,3 +147,41 @@ def test_unverified_sender_is_said_in_the_recipients_language(locale: str, warni
 def test_unverified_sender_without_a_name() -> None:
     warned = banner("en", " ", "GYG-1", "Tourly", None, False, unverified=True)
     assert "We could not verify who sent this message." in warned.text.splitlines()
+
+
+ODD_TEXT = st.one_of(
+    st.text(max_size=3000),
+    st.builds(operator.mul, st.sampled_from(["x", "é", "ไ", "😀", "<b>", "&", "a b", "\n"]),
+              st.integers(0, 2500)),
+)
+RELAYED = (b"Content-Type: multipart/alternative; boundary=b\r\n\r\n--b\r\n"
+           b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+           + "Bonjour, à demain.\r\n".encode() + b"--b\r\n"
+           b"Content-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+           + "<html><body><p>Bonjour, à demain.</p></body></html>\r\n".encode() + b"--b--\r\n")
+
+
+@settings(max_examples=150, deadline=None)
+@given(name=ODD_TEXT, reference=ODD_TEXT, platform=ODD_TEXT, style=ODD_TEXT,
+       locale=st.sampled_from(["en", "fr", "th", "de", "es"]), supplier=st.booleans(),
+       unverified=st.booleans())
+def test_relayed_mail_has_no_line_over_998_whatever_the_names(
+        name: str, reference: str, platform: str, style: str, locale: str, supplier: bool,
+        unverified: bool) -> None:
+    b = banner(locale, name, reference, platform, UNTIL, supplier, style, unverified)
+    plan = RewritePlan(from_name=name, from_address="customer-1@reply.example.com",
+                       to_name="Bob", to_address="bob@tours.example", message_id="<m@r.example>",
+                       in_reply_to=(), references=(), replacements={},
+                       banner_text=b.text, banner_html=b.html)
+    assert long_lines(rewrite(RELAYED, plan)) == []
+
+
+@settings(max_examples=100, deadline=None)
+@given(name=st.text(min_size=1, max_size=200),
+       reference=st.from_regex(r"[A-Z0-9-]{1,64}", fullmatch=True),
+       locale=st.sampled_from(["en", "fr", "th", "de", "es"]), unverified=st.booleans())
+def test_a_banner_of_names_the_api_takes_keeps_its_lines_short(
+        name: str, reference: str, locale: str, unverified: bool) -> None:
+    """So the banner alone never makes a relayed part quoted-printable."""
+    b = banner(locale, name, reference, "Tourly", UNTIL, True, unverified=unverified)
+    assert long_lines(b.text.encode()) == [] and long_lines(b.html.encode()) == []
