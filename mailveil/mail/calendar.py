@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from functools import lru_cache
 
 from mailveil.mail.mime import Entity, payload
 from mailveil.mail.scrub import scrub_text
@@ -41,6 +42,13 @@ FOLD_OCTETS = 75
 """RFC 5545 3.1 and RFC 6350 3.2: content lines SHOULD NOT be longer, line break excluded."""
 
 _BEGIN = re.compile(rb"^(?:\xef\xbb\xbf)?\s*BEGIN:(?:VCALENDAR|VCARD)\b", re.IGNORECASE)
+_FOLD_BREAK = rb"(?:(?:\r\n|\r|\n)[ \t])?"
+_BREAK = re.compile(rb"\r\n|\r|\n")
+_FOLD = (b" ", b"\t")
+_UNFOLD = re.compile(rb"(?:\r\n|\r|\n)[ \t]")
+_SEPARATOR = "\n\x00\n"
+"""Joins the pieces scrubbed together: no unfolded line holds a line break, and an encoded
+word (which :func:`scrub_text` may decode) can neither hold it nor run across it."""
 _ESCAPE = re.compile(r"(\\.)")
 """A TEXT escape (``\\n``, ``\\,``): never part of an address, but ``\\nann@…`` would hide
 one behind a letter."""
@@ -80,34 +88,71 @@ def _declared_card(entity: Entity) -> bool:
 
 def rewrite_lines(data: bytes, replacements: Mapping[str, str]) -> bytes:
     """``data`` with the real addresses of each content line replaced, other lines as they
-    came."""
-    out: list[bytes] = []
-    physical = data.splitlines(keepends=True)
-    start = 0
-    while start < len(physical):
-        end = start + 1
-        while end < len(physical) and physical[end][:1] in (b" ", b"\t"):
-            end += 1
-        out.append(_content_line(physical[start:end], replacements))
-        start = end
-    return b"".join(out)
+    came.
+
+    Only content lines that hold the local part of an address to replace (folded or not)
+    are unfolded, and they are scrubbed in one call: the rest of a large calendar is copied
+    in slices, and many short lines cost one scrubbing pass, not one each.
+    """
+    locals_ = frozenset(real.rpartition("@")[0].lower().encode("utf-8", "surrogateescape")
+                        for real in replacements if "@" in real)
+    spans = _candidate_lines(data, _local_parts(locals_ - {b""}))
+    texts = [_UNFOLD.sub(b"", data[start:end]).rstrip(b"\r\n").decode("utf-8", "surrogateescape")
+             for start, end in spans]
+    splits = [_ESCAPE.split(text) for text in texts]
+    pieces = [piece for split in splits for piece in split[::2]]
+    scrubbed = scrub_text(_SEPARATOR.join(pieces), replacements).split(_SEPARATOR)
+    if len(scrubbed) != len(pieces):  # a future scrub_text that joined pieces: one by one
+        scrubbed = [scrub_text(piece, replacements) for piece in pieces]
+    done, taken, out = 0, 0, []
+    for (start, end), text, split in zip(spans, texts, splits, strict=True):
+        count = len(split[::2])
+        split[::2], taken = scrubbed[taken : taken + count], taken + count
+        if (new := "".join(split)) != text:
+            out += [data[done:start], _refolded(data[start:end], new)]
+            done = end
+    return b"".join([*out, data[done:]])
 
 
-def _content_line(lines: list[bytes], replacements: Mapping[str, str]) -> bytes:
-    """One content line, given as its physical lines, folded afresh only if it changed."""
-    unfolded = b"".join(
-        (line if i == 0 else line[1:]).rstrip(b"\r\n") for i, line in enumerate(lines)
-    )
-    text = unfolded.decode("utf-8", "surrogateescape")
-    new = "".join(piece if _ESCAPE.fullmatch(piece) else scrub_text(piece, replacements)
-                  for piece in _ESCAPE.split(text))
-    if new == text:
-        return b"".join(lines)
-    last = lines[-1]
-    ending = last[len(last.rstrip(b"\r\n")):]
-    first = lines[0]
-    newline = first[len(first.rstrip(b"\r\n")):] or b"\r\n"
-    return fold_line(new.encode("utf-8", "surrogateescape"), newline) + ending
+@lru_cache(maxsize=256)
+def _local_parts(locals_: frozenset[bytes]) -> re.Pattern[bytes] | None:
+    """Any of ``locals_``, case-insensitive, a fold allowed between any two octets."""
+    if not locals_:
+        return None
+    spelled = (_FOLD_BREAK.join(re.escape(local[i : i + 1]) for i in range(len(local)))
+               for local in sorted(locals_))
+    return re.compile(b"|".join(spelled), re.IGNORECASE)
+
+
+def _candidate_lines(data: bytes, local: re.Pattern[bytes] | None) -> list[tuple[int, int]]:
+    """Where each content line that may name an address to replace begins and ends."""
+    spans: list[tuple[int, int]] = []
+    done = 0
+    while local is not None and (hit := local.search(data, done)):
+        start = _line_start(data, hit.start(), done)
+        while start > done and data[start : start + 1] in _FOLD:  # a fold: go back a line
+            before = start - 2 if data[start - 2 : start] == b"\r\n" else start - 1
+            start = _line_start(data, before, done)
+        end = hit.start()
+        while (found := _BREAK.search(data, end)) and data[found.end() : found.end() + 1] in _FOLD:
+            end = found.end()
+        done = found.end() if found else len(data)
+        spans.append((start, done))
+    return spans
+
+
+def _line_start(data: bytes, at: int, floor: int) -> int:
+    """The start of the physical line holding ``data[at]``, searching back no further than
+    ``floor`` (where the last content line ended), which keeps the whole scan linear."""
+    return max(data.rfind(b"\n", floor, at), data.rfind(b"\r", floor, at), floor - 1) + 1
+
+
+def _refolded(raw: bytes, text: str) -> bytes:
+    """The content line ``raw`` written afresh with ``text``, in its own line breaks."""
+    first = _BREAK.search(raw)
+    newline = first.group() if first else b"\r\n"
+    ending = raw[len(raw.rstrip(b"\r\n")) :]
+    return fold_line(text.encode("utf-8", "surrogateescape"), newline) + ending
 
 
 def fold_line(line: bytes, newline: bytes = b"\r\n") -> bytes:

@@ -207,3 +207,39 @@ def test_text_attachments_are_scrubbed_like_text_without_a_banner() -> None:
     assert payload(txt) == notes.replace(ANN.encode(), ANN_RELAY.encode())
     assert payload(html) == page.replace(ANN.encode(), ANN_RELAY.encode())
     assert untouched.body == clean
+
+
+WORDS = st.text(st.sampled_from("abnAN \u00e9\u0e01;:=,\""), max_size=30)
+
+
+@st.composite
+def calendars(draw: st.DrawFn) -> tuple[bytes, int]:
+    """Content lines of words and real addresses, folded anywhere (readers unfold octets)."""
+    lines, addresses = [], 0
+    for _ in range(draw(st.integers(1, 8))):
+        words = draw(st.lists(st.one_of(WORDS, st.sampled_from(
+            [" ann@example.org ", ":mailto:ANN@EXAMPLE.ORG;", "\\nann@example.org\\,"])),
+            min_size=1, max_size=6))
+        addresses += sum("@" in word for word in words)
+        line = ("X-LINE:" + "".join(words)).encode()
+        cuts = sorted(draw(st.sets(st.integers(1, max(1, len(line) - 1)), max_size=4)))
+        pieces = [line[i:j] for i, j in zip([0, *cuts], [*cuts, len(line)], strict=True)]
+        lines.append(b"\r\n ".join(piece for piece in pieces if piece) + b"\r\n")
+    return b"BEGIN:VCALENDAR\r\n" + b"".join(lines) + b"END:VCALENDAR\r\n", addresses
+
+
+@given(calendars())
+def test_every_real_address_is_replaced_wherever_the_lines_are_folded(
+        calendar: tuple[bytes, int]) -> None:
+    data, addresses = calendar
+    out = rewrite_lines(data, CARDS)
+    flat = unfold(out).decode("utf-8", "surrogateescape")
+    assert "ann@example.org" not in flat.lower()
+    assert flat.count(ANN_RELAY) == addresses
+    before, after = content_lines(data), content_lines(out)
+    assert len(before) == len(after)
+    for old, new in zip(before, after, strict=True):
+        if new != old:
+            assert b"ann@example.org" in unfold(old).lower()
+            assert all(len(line) <= FOLD_OCTETS for line in new.split(b"\r\n"))
+            assert unfold(new).decode("utf-8")  # valid UTF-8 once folded again
