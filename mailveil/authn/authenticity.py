@@ -28,7 +28,7 @@ forge MAIL FROM; this is the DATA-time check that refuses spoofed senders (PRODU
 * A message that nothing refuses but nothing proves either (no aligned SPF or DKIM pass:
   the domain publishes nothing, or only ``~all``/``?all``, or ``p=none``) is *unverified*:
   accepted, marked so in the archive and in the recipient's banner, or refused when the
-  operator sets ``MAILVEIL_REFUSE_UNVERIFIED``.
+  operator sets ``MAILVEIL_UNVERIFIED_SENDERS=refuse``.
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ class Authenticity:
     from_shape: FromShape
     from_address: str  # the one From mailbox; "" unless from_shape is ONE
     mail_from: str  # "" for the null sender
-    refuse_unverified: bool = False  # the operator's MAILVEIL_REFUSE_UNVERIFIED
+    refuse_unverified: bool = False  # MAILVEIL_UNVERIFIED_SENDERS=refuse
 
     @property
     def from_domain(self) -> str:
