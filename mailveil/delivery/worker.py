@@ -86,6 +86,7 @@ class Deliverer:
         for job in jobs:
             queue.put_nowait(job)
         verdicts: list[Verdict] = []
+        sent: list[tuple[repo.Due, Result]] = []
 
         async def drain(transport: Transport) -> None:
             while not queue.empty() and self._holds(leased_at):
@@ -95,12 +96,16 @@ class Deliverer:
                 except Exception as exc:
                     verdicts.append(_crashed(job, exc))
                 else:
-                    verdicts.append(verdict(job, result, self._policy, now()))
+                    sent.append((job, result))
 
         await asyncio.gather(*(drain(t) for t in self._transports))
+        # One time for the batch: its attempts are recorded at it and retries count from it,
+        # so the archive never shows a retry sooner than the policy's wait.
+        at = now()
+        verdicts += [verdict(job, result, self._policy, at) for job, result in sent]
         tried = {v.job.id for v in verdicts}
         untried = [job.id for job in jobs if job.id not in tried]
-        await asyncio.to_thread(self._record, verdicts, untried, now())
+        await asyncio.to_thread(self._record, verdicts, untried, at)
         return len(jobs)
 
     def _holds(self, leased_at: float) -> bool:
