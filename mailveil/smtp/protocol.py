@@ -54,8 +54,8 @@ _AIOSMTPD_REPLIES = {
 
 _CRLF = b"\r\n"
 _END_OF_DATA = b"\r\n.\r\n"
-# A line end of any kind, with the dot that stuffs the next line if more than it follows.
-_LINE_END_AND_STUFFING = re.compile(rb"(?:\r\n?|\n)(?:\.(?![\r\n]))?")
+# Where every line ends with LF: a dot that stuffs a line, that is with more after it.
+_STUFFING = re.compile(rb"\n\.(?!\n)")
 # The most asked of the stream reader at once. It never holds much more: one socket read
 # gives at most 256 KiB, and it pauses the transport beyond twice its line limit.
 _CHUNK = 256 * 1024
@@ -143,15 +143,16 @@ class DataReader:
         """The data with CRLF line ends and without its dot-stuffing. Empties the reader, so
         a message of tens of megabytes is not held twice for long."""
         buffer = self._buffer
-        if self._bare_line_ends:
-            data = _LINE_END_AND_STUFFING.sub(_CRLF, buffer)[len(_CRLF):]
+        if not self._bare_line_ends:  # then a line of one dot would have been the end
+            del buffer[:3 if buffer.startswith(b"\r\n.") else 2]  # the heading CRLF, a first dot
+            data = bytes(buffer)
             buffer.clear()
-            return data
-        # Every line ends with CRLF, so a line of one dot would have been the end.
-        del buffer[:3 if buffer.startswith(b"\r\n.") else 2]  # the heading CRLF, a first dot
-        data = bytes(buffer)
+            return data.replace(b"\r\n.", _CRLF)
+        # One LF for each line end, the heading CRLF's included, so each line start is seen once.
+        data = bytes(buffer).replace(_CRLF, b"\n").replace(b"\r", b"\n")
         buffer.clear()
-        return data.replace(b"\r\n.", _CRLF)
+        data = _STUFFING.sub(b"\n", data) if b"\n.\n" in data else data.replace(b"\n.", b"\n")
+        return data[1:].replace(b"\n", _CRLF)
 
 
 class RelaySMTP(SMTP):
