@@ -193,7 +193,7 @@ def _read_headers(head: bytes) -> tuple[FromShape, str, list[_Signature]]:
     shape, address = from_shape(head)
     try:
         headers, _ = dkim.rfc822_parse(head)
-    except dkim.DKIMException:
+    except (dkim.DKIMException, IndexError):  # IndexError: a block led by a continuation line
         return shape, address, []
     signatures = [_tags(value) for name, value in headers if name.lower() == b"dkim-signature"]
     return shape, address, signatures[:MAX_DKIM_SIGNATURES]

@@ -445,3 +445,10 @@ def test_make_resolver_needs_host_and_port(value: str) -> None:
 @pytest.mark.skipif(not Path("/etc/resolv.conf").exists(), reason="no system resolver")
 def test_make_resolver_uses_the_system_resolver() -> None:
     assert make_resolver(None).lifetime == DNS_TIMEOUT
+
+
+def test_a_header_block_led_by_a_continuation_line_is_read_not_crashed_on() -> None:
+    """dkimpy raises IndexError on it (flanker's iphone.eml starts with a line of spaces):
+    that was a 451 for ever, so the message never got through."""
+    head = b"    \r\nFrom: Ann <ann@shop.example>\r\nSubject: hi\r\n\r\n"
+    assert authenticity._read_headers(head) == (FromShape.ONE, "ann@shop.example", [])
