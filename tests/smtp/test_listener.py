@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Sequence
 from typing import cast
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from prometheus_client import REGISTRY
 
 from mailveil.authn.authenticity import Authenticity
 from mailveil.domain.addresses import AddressBook
@@ -92,3 +94,34 @@ def test_ehlo_offers_pipelining() -> None:
 
     assert asyncio.run(ehlo()) == (
         ["250-reply.example.com", "250-PIPELINING", "250 HELP"], "client.example")
+
+
+class BrokenScanner:
+    async def verdict(self, raw: bytes) -> str:
+        raise ValueError("Incorrect padding")
+
+
+def test_an_unexpected_error_at_data_is_a_451_with_a_trace_counted_in_metrics() -> None:
+    """A 5xx would make the sender's server bounce the message for a bug of ours."""
+    handler = RelayHandler(Store(), BrokenScanner(), not_asked)
+    before = REGISTRY.get_sample_value("mailveil_unexpected_errors_total",
+                                       {"stage": "data"}) or 0
+
+    async def data() -> str:
+        envelope = Envelope()
+        envelope.mail_from, envelope.rcpt_tos = "<>", [bounce(1)]
+        envelope.original_content = b"Subject: s\r\n\r\nbody\r\n"
+        return await handler.handle_DATA(SERVER, Session(asyncio.get_running_loop()), envelope)
+
+    reply = asyncio.run(data())
+    assert re.fullmatch(r"451 4\.3\.0 .*\(trace [0-9a-f]{12}\)", reply), reply
+    assert REGISTRY.get_sample_value("mailveil_unexpected_errors_total",
+                                     {"stage": "data"}) == before + 1
+
+
+def test_an_unexpected_error_at_rcpt_is_a_451() -> None:
+    class BrokenStore(Store):
+        def lookup(self, address: str) -> Lookup:
+            return cast(Lookup, None)  # the gate then fails on it
+
+    assert rcpts([bounce(1)], BrokenStore())[0].startswith("451 4.3.0 ")
