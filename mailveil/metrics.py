@@ -12,7 +12,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from mailveil.domain.states import InboundState, OutboxState
+from mailveil.domain.states import OWES_NOTICE, InboundState, OutboxState
 from mailveil.store.models import InboundRow, OutboundRow
 
 ACCEPTED = Counter("mailveil_messages_accepted", "Messages answered 250 and stored")
@@ -29,7 +29,8 @@ DNS_SECONDS = Histogram("mailveil_dns_check_seconds", "SPF/DKIM/DMARC check time
 
 
 class QueueCollector(Collector):
-    """Outbox depth and age, and messages waiting for (or failed in) processing."""
+    """Outbox depth and age, messages waiting for (or failed in) processing, and notices
+    owed to senders."""
 
     def __init__(self, sessions: Callable[[], Session]) -> None:
         self._sessions = sessions
@@ -43,6 +44,7 @@ class QueueCollector(Collector):
                 select(InboundRow.state, func.count())
                 .where(InboundRow.state.in_((InboundState.RECEIVED, InboundState.FAILED)))
                 .group_by(InboundRow.state)).all())
+            owed = s.scalar(select(func.count()).where(OutboundRow.state.in_(tuple(OWES_NOTICE))))
         yield GaugeMetricFamily("mailveil_outbox_depth", "Messages waiting to be delivered",
                                 value=depth)
         age = 0.0
@@ -56,3 +58,6 @@ class QueueCollector(Collector):
         yield GaugeMetricFamily("mailveil_inbound_failed",
                                 "Processing failed; waiting for a human",
                                 value=pending.get(InboundState.FAILED, 0))
+        yield GaugeMetricFamily("mailveil_notices_owed",
+                                "Copies that did not arrive whose senders are not told yet",
+                                value=owed or 0)

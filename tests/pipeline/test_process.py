@@ -17,6 +17,7 @@ from mailveil.domain.states import InboundState, OutboxKind, OutboxState
 from mailveil.domain.verdicts import Outcome
 from mailveil.mail.inspect import facts
 from mailveil.mail.notices import Reason, UndeliverableCause
+from mailveil.metrics import QueueCollector
 from mailveil.pipeline import compose, process
 from mailveil.pipeline.compose import Voice
 from mailveil.pipeline.process import Pipeline, Processor
@@ -166,6 +167,12 @@ def report_undeliverable(sessions: sessionmaker[Session], outbound_id: int) -> N
                                   why=UndeliverableCause.ADDRESS_INVALID, tried=True)
 
 
+def owed(sessions: sessionmaker[Session]) -> float:
+    """The ``mailveil_notices_owed`` gauge, as /metrics shows it."""
+    [gauge] = [m for m in QueueCollector(sessions).collect() if m.name == "mailveil_notices_owed"]
+    return gauge.samples[0].value
+
+
 def test_the_sender_of_an_undeliverable_copy_is_told_after_delivery(
         sessions: sessionmaker[Session]) -> None:
     [(sender, rcpt)] = setup_bookings(sessions, 1)
@@ -173,8 +180,10 @@ def test_the_sender_of_an_undeliverable_copy_is_told_after_delivery(
     processor(sessions).run_once(NOW)
     [copy] = relay_copies(sessions)
     report_undeliverable(sessions, copy.id)
+    assert owed(sessions) == 1
     assert processor(sessions).run_once(NOW) == 1
     assert processor(sessions).run_once(NOW) == 0  # told once
+    assert owed(sessions) == 0
     with sessions() as s:
         relay = s.get(OutboundRow, copy.id)
         [notice] = s.scalars(select(OutboundRow).where(OutboundRow.kind == OutboxKind.NOTICE))
