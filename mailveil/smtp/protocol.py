@@ -88,13 +88,15 @@ class DataReader:
 
     Only that sequence ends the data, as RFC 5321 4.1.1.4 says (no SMTP smuggling), and
     commands right behind it are the client's next ones. A line may also end with a bare LF
-    or CR (``smtplib.sendmail(msg.as_bytes())`` sends LF): it is stored as CRLF, and a line
-    of one dot next to it is a line of text, never an end, as with Postfix 3.9's
-    ``smtpd_forbid_bare_newline = normal``. A line's leading dot goes if more follows it
-    (RFC 5321 4.5.2). Lines have no length limit of their own (what leaves the relay is
-    re-encoded, see :mod:`mailveil.mail`); the data may have ``size_limit`` bytes, counted
-    with CRLF line ends and before dot-unstuffing. Data over it, or with a NUL, is refused
-    (:attr:`refusal`), but still read to its end so the session stays in step.
+    (``smtplib.sendmail(msg.as_bytes())`` sends them) or a bare CR: it is stored as CRLF,
+    so the programs after us, which disagree on bare line ends, all read the message alike.
+    A line of one dot next to one is a line of text, never an end, as with Postfix 3.9's
+    ``smtpd_forbid_bare_newline = normalize`` (which drops the line, where RFC 5321 4.5.2
+    keeps it: only a dot with more after it is stuffing, and goes). Lines have no length
+    limit of their own (what leaves the relay is re-encoded, see :mod:`mailveil.mail`); the
+    data may have ``size_limit`` bytes, counted with CRLF line ends and before
+    dot-unstuffing. Data over it, or with a NUL, is refused (:attr:`refusal`), but still
+    read to its end so the session stays in step.
 
     Each chunk costs a few :class:`bytes` calls, not Python per line; only the bytes that
     may end up in the message are kept.
@@ -151,6 +153,7 @@ class DataReader:
         # One LF for each line end, the heading CRLF's included, so each line start is seen once.
         data = bytes(buffer).replace(_CRLF, b"\n").replace(b"\r", b"\n")
         buffer.clear()
+        # A line of one dot keeps it; it is rare, and bytes.replace is faster than the regex.
         data = _STUFFING.sub(b"\n", data) if b"\n.\n" in data else data.replace(b"\n.", b"\n")
         return data[1:].replace(b"\n", _CRLF)
 

@@ -129,7 +129,7 @@ def test_smuggled_end_of_data_neither_ends_data_nor_starts_a_transaction(t: Targ
     are text of its body, never run.
 
     Decision (issue 9): a bare LF or CR inside the data is a line end, stored and relayed as
-    CRLF, as Postfix 3.9 does by default (``smtpd_forbid_bare_newline = normal``): mail
+    CRLF, as Postfix 3.9 does by default (``smtpd_forbid_bare_newline = normalize``): mail
     programs send it (``smtplib.sendmail(msg.as_bytes())``), and once stored as CRLF the
     message has one meaning for every program after us. Only the end of data must be the
     standard one, which is all the defence against smuggling needs.

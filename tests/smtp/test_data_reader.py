@@ -101,8 +101,8 @@ def test_end_marker_split_at_every_position(size: int) -> None:
 
 @pytest.mark.parametrize("fake_end", FAKE_ENDS)
 def test_a_smuggled_end_is_a_line_of_text(fake_end: bytes) -> None:
-    """Postfix 3.9's ``smtpd_forbid_bare_newline = normal``: the lone dot stays text (RFC
-    5321 4.5.2 unstuffs only a dot with more after it), and what follows is data."""
+    """The lone dot stays text (RFC 5321 4.5.2 unstuffs only a dot with more after it;
+    Postfix 3.9 drops the line), and what follows is data."""
     smuggled = MAIL + b"Subject: smuggled\r\n\r\n..hi\r\n"
     text = fake_end.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
     assert read([b"Hello" + fake_end + smuggled + b".\r\nNOOP\r\n"]) == (
