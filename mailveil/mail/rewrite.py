@@ -136,6 +136,7 @@ against 1 s for ``^`` in multi-line mode)."""
 _OVERFLOW = re.compile(rb"[^\n]{%d}(?=[^\r\n]|\r[^\n])" % (MAX_LINE - 1))
 """``MAX_LINE - 1`` characters that the line goes on after: room for the space we add."""
 _ENCODED = frozenset({"quoted-printable", "base64"})
+_LEADING_DASH = re.compile(rb"\n-(?=-)")
 
 
 @dataclass(frozen=True)
@@ -474,9 +475,13 @@ def _with_params(main: str, params: Mapping[str, str]) -> str:
 
 
 def _transfer_encode(data: bytes, entity: Entity) -> bytes:
-    """Encode like the original body: same encoding, same line ending, same trailing break."""
+    """Encode like the original body: same encoding, same line ending, same trailing break.
+
+    No quoted-printable line starts with ``--``: a soft break could otherwise make a line of
+    text the delimiter of the enclosing multipart."""
     if entity.cte == "quoted-printable":
-        return binascii.b2a_qp(data, istext=True)
+        encoded = _LEADING_DASH.sub(b"\n=2D", b"\n" + binascii.b2a_qp(data, istext=True))
+        return encoded[1:]
     if entity.cte != "base64":
         return data
     old = entity.body

@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import re
 from email import policy
+from typing import NamedTuple
 
 from mailveil.mail.rewrite import MAX_LINE
 
@@ -17,10 +18,16 @@ def long_lines(raw: bytes) -> list[int]:
     return [n for n in lengths if n > MAX_LINE]
 
 
-def decoded_leaves(raw: bytes) -> list[tuple[str, bytes]]:
-    """(type, decoded payload) of every leaf as the stdlib reads it, forwarded messages
-    opened, text line ends made CRLF: an independent reading of what a recipient gets."""
-    found: list[tuple[str, bytes]] = []
+class Leaf(NamedTuple):
+    kind: str  # the content type
+    filename: str | None
+    data: bytes  # the decoded payload
+
+
+def decoded_leaves(raw: bytes) -> list[Leaf]:
+    """Every leaf as the stdlib reads it, forwarded messages opened, text line ends made
+    CRLF: an independent reading of what a recipient gets."""
+    found: list[Leaf] = []
     for part in email.message_from_bytes(raw, policy=policy.compat32).walk():
         if part.is_multipart():
             continue
@@ -31,5 +38,5 @@ def decoded_leaves(raw: bytes) -> list[tuple[str, bytes]]:
             continue
         if part.get_content_maintype() == "text":
             data = re.sub(rb"\r?\n", b"\r\n", data)
-        found.append((part.get_content_type(), data))
+        found.append(Leaf(part.get_content_type(), part.get_filename(), data))
     return found
