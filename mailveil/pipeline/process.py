@@ -29,6 +29,7 @@ from typing import TypeVar
 from sqlalchemy.orm import Session
 
 from mailveil.budget import CPU_SECONDS, TooExpensive, cpu_budget
+from mailveil.delivery.transport import Status
 from mailveil.domain.addresses import AddressBook, Kind, Role, new_bounce_token
 from mailveil.domain.states import OWES_NOTICE, OutboxKind, OutboxState
 from mailveil.domain.threading import IdPair
@@ -353,7 +354,7 @@ def _record_bounce(s: Session, message: repo.Claimed, token: str,
             s, outbound.id, OutboxState.RETURNED, now, why=report.cause) is not None:
         repo.record_attempts(s, [repo.Attempt(outbound.id, None,
                                               f"bounce received: {report.cause}",
-                                              "permanent")], now)
+                                              Status.PERMANENT)], now)
 
 
 def _parked(explained: Explained, exc: BaseException) -> Explained:

@@ -549,7 +549,7 @@ class Attempt:
     outbound_id: int
     code: int | None
     response: str
-    outcome: str  # delivered | temporary | permanent
+    outcome: str  # a delivery.transport.Status
 
 
 def record_attempts(s: Session, attempts: Sequence[Attempt], now: datetime) -> None:
@@ -559,8 +559,22 @@ def record_attempts(s: Session, attempts: Sequence[Attempt], now: datetime) -> N
              "response": a.response[:2000], "outcome": a.outcome} for a in attempts])
 
 
-def outbound_by_bounce_token(s: Session, token: str) -> OutboundRow | None:
-    return s.scalar(select(OutboundRow).where(OutboundRow.bounce_token == token))
+@dataclass(frozen=True)
+class Sent:
+    """An outgoing copy, as a bounce to its VERP address names it."""
+
+    id: int
+    booking_id: int | None
+
+
+_BY_BOUNCE_TOKEN = select(OutboundRow.id, OutboundRow.booking_id).where(
+    OutboundRow.bounce_token == bindparam("token"))
+
+
+def outbound_by_bounce_token(s: Session, token: str) -> Sent | None:
+    """Without its raw bytes: a bounce needs only which copy it is about."""
+    row = s.execute(_BY_BOUNCE_TOKEN, {"token": token}).first()
+    return None if row is None else Sent(*row)
 
 
 # --- threading ----------------------------------------------------------------------------
