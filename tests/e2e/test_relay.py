@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import smtplib
-import time
 from email import message_from_bytes, policy
 from pathlib import Path
 
@@ -120,9 +119,9 @@ def test_expired_booking_is_refused_with_a_notice(mailveil: Mailveil, sink: Sink
     assert dsn.get_param("report-type") == "delivery-status"
     assert dsn["In-Reply-To"] == msg["Message-ID"]
     assert SUPPLIER.encode() not in notice.data.lower()
-    entries = archive(mailveil, "GYG-4004", 1)
+    entries = archive_until_delivered(mailveil, "GYG-4004")
     assert entries[0]["outcome"] == "refused_expired"
-    time.sleep(0.5)
+    assert [o["kind"] for e in entries for o in e["outbound"]] == ["notice"]
     assert sink.to(SUPPLIER) == []
 
 
