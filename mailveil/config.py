@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from mailveil.delivery.transport import TlsMode
+
 PREFIX = "MAILVEIL_"
 MAX_HORIZON_DAYS = 36525
 """A century: activity dates further out are mistakes, and the window stays computable."""
@@ -38,6 +40,11 @@ class Settings:
     smtp_listen: HostPort = HostPort("127.0.0.1", 2525)
     http_listen: HostPort = HostPort("127.0.0.1", 8025)
     smarthost: HostPort | None = None
+    smarthost_implicit_tls: bool = False  # given as smtps://host:port
+    smarthost_tls: TlsMode = TlsMode.OPPORTUNISTIC
+    smarthost_ca: Path | None = None  # None: the system's trust store
+    tls_cert: Path | None = None  # None: a self-signed pair generated in data_dir/tls/
+    tls_key: Path | None = None
     api_token: str | None = None
     customer_prefix: str = "customer-"
     supplier_prefix: str = "local-partner-"
@@ -123,10 +130,29 @@ def from_env(env: Mapping[str, str]) -> Settings:
         if not _DOMAIN_RE.match(v.lower()):
             raise ConfigError(f"{PREFIX}RELAY_DOMAIN: expected a domain name, got {v!r}")
         values["relay_domain"] = v.lower()
-    for name, attr in (("SMTP_LISTEN", "smtp_listen"), ("HTTP_LISTEN", "http_listen"),
-                       ("SMARTHOST", "smarthost")):
+    for name, attr in (("SMTP_LISTEN", "smtp_listen"), ("HTTP_LISTEN", "http_listen")):
         if (v := get(name)) is not None:
             values[attr] = _host_port(name, v)
+    if (v := get("SMARTHOST")) is not None:
+        values["smarthost_implicit_tls"] = v.lower().startswith("smtps://")
+        if values["smarthost_implicit_tls"] and not re.search(r":\d+$", v):
+            v += ":465"
+        values["smarthost"] = _host_port("SMARTHOST", re.sub(r"^smtps?://", "", v, flags=re.I))
+    if (v := get("SMARTHOST_TLS")) is not None:
+        if v.lower() not in tuple(TlsMode):
+            raise ConfigError(f"{PREFIX}SMARTHOST_TLS: expected opportunistic, required or off, "
+                              f"got {v!r}")
+        values["smarthost_tls"] = TlsMode(v.lower())
+    if values.get("smarthost_implicit_tls") and values.get("smarthost_tls") is TlsMode.OFF:
+        raise ConfigError(f"{PREFIX}SMARTHOST_TLS: off contradicts an smtps:// smarthost")
+    for name, attr in (("SMARTHOST_CA", "smarthost_ca"), ("TLS_CERT", "tls_cert"),
+                       ("TLS_KEY", "tls_key")):
+        if (v := get(name)) is not None:
+            if not Path(v).is_file():
+                raise ConfigError(f"{PREFIX}{name}: no such file {v!r}")
+            values[attr] = Path(v)
+    if "tls_key" in values and "tls_cert" not in values:
+        raise ConfigError(f"{PREFIX}TLS_KEY: set MAILVEIL_TLS_CERT too")
     if (v := get("API_TOKEN")) is not None:
         if len(v) < 16:
             raise ConfigError(f"{PREFIX}API_TOKEN: use at least 16 characters")

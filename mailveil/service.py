@@ -33,7 +33,7 @@ from mailveil.metrics import ERRORS
 from mailveil.pipeline.compose import Voice
 from mailveil.pipeline.process import Pipeline, Processor
 from mailveil.scan.clamd import Clamd, scan_message
-from mailveil.smtp import listener, protocol
+from mailveil.smtp import listener, protocol, tls
 from mailveil.smtp.backend import StoreBackend
 from mailveil.store import workers
 from mailveil.store.db import DATABASE_UNAVAILABLE, make_engine, migrate, session_factory
@@ -135,12 +135,15 @@ async def run_smtp(rt: Runtime) -> None:
                                      refuse_unverified=s.refuse_unverified)
     handler = listener.RelayHandler(backend, scanner(s), authenticate, on_accept=rt.doorbell.ring)
     connections = protocol.ConnectionLimit(s.smtp_max_connections)
+    certificate = tls.ServerCertificate(
+        tls.KeyPair(s.tls_cert, s.tls_key or s.tls_cert) if s.tls_cert is not None
+        else tls.generated_pair(s.data_dir, s.relay_domain, now()))
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
         lambda: protocol.smtp_factory(handler, hostname=s.relay_domain,
                                       data_size_limit=s.max_message_bytes,
                                       timeout=s.smtp_timeout.total_seconds(),
-                                      connections=connections),
+                                      connections=connections, certificate=certificate),
         host=s.smtp_listen.host, port=s.smtp_listen.port)
     log.info("SMTP listening on %s", s.smtp_listen)
     await rt.stopping.wait()
@@ -155,7 +158,10 @@ def _transports(settings: Settings, count: int) -> list[Transport]:
                     settings.capture_dir / "new")
         return [CaptureTransport(settings.capture_dir)]
     host = settings.smarthost
-    return [SmarthostTransport(host.host, host.port, local_hostname=settings.relay_domain)
+    return [SmarthostTransport(host.host, host.port, local_hostname=settings.relay_domain,
+                               tls=settings.smarthost_tls,
+                               implicit_tls=settings.smarthost_implicit_tls,
+                               ca=settings.smarthost_ca)
             for _ in range(count)]
 
 

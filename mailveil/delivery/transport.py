@@ -1,20 +1,24 @@
 """Where outgoing mail goes: a smarthost over SMTP, or a local maildir for demos.
 
 Every send returns a :class:`Result` instead of raising, so the worker records one attempt
-per message whatever happened.
+per message whatever happened, and whether it was encrypted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import mailbox
+import ssl
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
 import aiosmtplib
+
+log = logging.getLogger(__name__)
 
 
 class Status(StrEnum):
@@ -23,11 +27,20 @@ class Status(StrEnum):
     PERMANENT = "permanent"
 
 
+class TlsMode(StrEnum):
+    """How a connection to the smarthost is encrypted (``MAILVEIL_SMARTHOST_TLS``)."""
+
+    OPPORTUNISTIC = "opportunistic"  # STARTTLS when offered, the certificate not verified
+    REQUIRED = "required"  # a verified certificate, or no delivery (a temporary failure)
+    OFF = "off"
+
+
 @dataclass(frozen=True)
 class Result:
     status: Status
     code: int | None
     text: str
+    tls: str | None = None  # the TLS version the attempt's connection used; None: in clear
 
 
 class Transport(Protocol):
@@ -58,23 +71,84 @@ def _status_of(code: int | None) -> Status:
     return Status.TEMPORARY
 
 
+class TlsFailed(aiosmtplib.SMTPException):
+    """STARTTLS was needed and did not succeed: not offered, refused, or a failed handshake
+    (a certificate that does not verify, among others)."""
+
+
+def client_context(mode: TlsMode, ca: Path | None) -> ssl.SSLContext:
+    """TLS 1.2 or newer; the certificate and name checked only when TLS is required:
+    opportunistic TLS guards against a listener, not against a man in the middle (RFC 7435)."""
+    context = ssl.create_default_context(cafile=ca)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if mode is not TlsMode.REQUIRED:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 class SmarthostTransport:
-    """One SMTP connection reused across messages; reconnects after any failure."""
+    """One SMTP connection reused across messages; reconnects after any failure.
+
+    Encrypted with STARTTLS as ``tls`` says, or from the first byte with ``implicit_tls``
+    (``smtps://``, port 465). In ``required`` mode a connection is used only once its
+    certificate was verified against ``ca`` (or the system's store): a refusal or a failed
+    handshake is a temporary failure, never a reason to send in clear. In ``opportunistic``
+    mode a failed STARTTLS is followed at once by a connection in clear (KumoMTA's
+    ``opportunistic_tls_reconnect_on_failed_handshake``): that mode accepts clear text, and
+    retrying the same broken handshake later would only delay the mail.
+    """
 
     def __init__(self, host: str, port: int, *, timeout: float = 60.0,
-                 local_hostname: str | None = None) -> None:
+                 local_hostname: str | None = None, tls: TlsMode = TlsMode.OPPORTUNISTIC,
+                 implicit_tls: bool = False, ca: Path | None = None) -> None:
         self._host, self._port, self._timeout = host, port, timeout
         self._local_hostname = local_hostname
+        self._mode, self._implicit = tls, implicit_tls
+        self._context = None if tls is TlsMode.OFF else client_context(tls, ca)
         self._smtp: aiosmtplib.SMTP | None = None
+        self._tls: str | None = None  # the version of the current connection's TLS
 
     async def _connection(self) -> aiosmtplib.SMTP:
         if self._smtp is None or not self._smtp.is_connected:
-            smtp = aiosmtplib.SMTP(hostname=self._host, port=self._port, timeout=self._timeout,
-                                   local_hostname=self._local_hostname, start_tls=False)
-            await smtp.connect()
-            await smtp.ehlo()
-            self._smtp = smtp
+            self._tls = None
+            try:
+                self._smtp = await self._open(starttls=self._context is not None)
+            except TlsFailed as exc:
+                if self._mode is not TlsMode.OPPORTUNISTIC:
+                    raise
+                log.warning("smarthost: STARTTLS failed; this connection goes in clear",
+                            extra={"error": str(exc)})
+                self._smtp = await self._open(starttls=False)
+            sslobject = self._smtp.get_transport_info("sslobject")
+            self._tls = sslobject.version() if sslobject is not None else None
         return self._smtp
+
+    async def _open(self, *, starttls: bool) -> aiosmtplib.SMTP:
+        smtp = aiosmtplib.SMTP(hostname=self._host, port=self._port, timeout=self._timeout,
+                               local_hostname=self._local_hostname, start_tls=False,
+                               use_tls=self._implicit, tls_context=self._context)
+        await smtp.connect()
+        try:
+            await smtp.ehlo()
+            if starttls and not self._implicit:
+                await self._starttls(smtp)
+        except BaseException:
+            smtp.close()
+            raise
+        return smtp
+
+    async def _starttls(self, smtp: aiosmtplib.SMTP) -> None:
+        if not smtp.supports_extension("starttls"):
+            if self._mode is TlsMode.REQUIRED:
+                raise TlsFailed("the smarthost does not offer STARTTLS, and "
+                                "MAILVEIL_SMARTHOST_TLS is required")
+            return
+        try:
+            await smtp.starttls()
+        except (ssl.SSLError, aiosmtplib.SMTPException) as exc:
+            raise TlsFailed(f"STARTTLS with the smarthost failed: {exc}") from exc
+        await smtp.ehlo()  # RFC 3207 4.2: what was offered in clear counts no more
 
     async def send(self, mail_from: str, rcpt_to: str, raw: bytes) -> Result:
         """MAIL, RCPT and DATA by hand rather than ``sendmail()``, which runs a regular
@@ -95,12 +169,14 @@ class SmarthostTransport:
             await smtp.rcpt(rcpt_to, encoding=encoding)
             response = await smtp.data(raw)
         except aiosmtplib.SMTPResponseException as exc:
+            tls = self._tls
             await self._reset()
-            return Result(_status_of(exc.code), exc.code, exc.message)
+            return Result(_status_of(exc.code), exc.code, exc.message, tls)
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
+            tls = self._tls
             await self._drop()
-            return Result(Status.TEMPORARY, None, f"{type(exc).__name__}: {exc}")
-        return Result(Status.DELIVERED, response.code, response.message)
+            return Result(Status.TEMPORARY, None, f"{type(exc).__name__}: {exc}", tls)
+        return Result(Status.DELIVERED, response.code, response.message, self._tls)
 
     async def _reset(self) -> None:
         if self._smtp is not None and self._smtp.is_connected:

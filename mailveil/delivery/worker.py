@@ -123,7 +123,7 @@ class Deliverer:
         with self._sessions() as s, s.begin():
             repo.unlease_outbound(s, untried)
             repo.record_attempts(s, [repo.Attempt(v.job.id, v.result.code, v.result.text,
-                                                  v.result.status.value)
+                                                  v.result.status.value, v.result.tls)
                                      for v in verdicts if v.result is not None], now)
             delivered = repo.mark_delivered(
                 s, [v.job.id for v in verdicts if v.to is OutboxState.DELIVERED], now)

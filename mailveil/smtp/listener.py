@@ -32,6 +32,7 @@ from mailveil.scan.clamd import ScannerUnavailable
 from mailveil.smtp import replies
 from mailveil.smtp.commit import Accepted, GroupCommit
 from mailveil.smtp.gate import Lookup, rcpt_reply
+from mailveil.smtp.tls import negotiated
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ class RelayHandler:
             return replies.S451_SCANNER_DOWN
         try:
             inbound_id = await self._commit(Accepted(sender, tuple(envelope.rcpt_tos), raw,
-                                                     scan, sender_check))
+                                                     scan, sender_check, negotiated(session.ssl)))
         except Exception:
             log.exception("could not store message")
             DEFERRED.labels(reason="store").inc()

@@ -36,6 +36,7 @@ from typing import Any, AnyStr
 from aiosmtpd.smtp import MISSING, SMTP, syntax
 
 from mailveil.smtp import replies
+from mailveil.smtp.tls import ServerCertificate
 
 log = logging.getLogger(__name__)
 
@@ -359,7 +360,15 @@ class RelaySMTP(SMTP):
 
 
 def smtp_factory(handler: object, *, hostname: str, data_size_limit: int, timeout: float,
-                 connections: ConnectionLimit) -> SMTP:
+                 connections: ConnectionLimit, certificate: ServerCertificate | None = None
+                 ) -> SMTP:
+    """A session; STARTTLS is offered with ``certificate`` as its files are now.
+
+    aiosmtpd does what RFC 3207 asks after the handshake: a new session, and whatever the
+    client pipelined behind STARTTLS in clear is dropped (CVE-2011-0411's class, fixed in
+    aiosmtpd 1.4.6). The stream reader stays the same object on the TLS transport, so
+    :class:`DataReader` reads decrypted data as it read clear data."""
     return RelaySMTP(handler, connections=connections, hostname=hostname, ident="mailveil",
                      data_size_limit=data_size_limit, enable_SMTPUTF8=True, decode_data=False,
-                     timeout=timeout)
+                     timeout=timeout,
+                     tls_context=None if certificate is None else certificate.context())

@@ -98,6 +98,7 @@ class InboundRow(Base):
     error: Mapped[str | None] = mapped_column(Text)
     scan: Mapped[str] = mapped_column(String(64), default="not scanned")
     sender_check: Mapped[str] = mapped_column(String(16), server_default="not checked")
+    tls_version: Mapped[str | None] = mapped_column(String(16))  # None: received in clear
     purged_at: Mapped[datetime | None]  # raw bytes removed by retention; metadata kept
 
     __table_args__ = (
@@ -175,6 +176,7 @@ class AttemptRow(Base):
     code: Mapped[int | None]
     response: Mapped[str] = mapped_column(Text)
     outcome: Mapped[str] = mapped_column(String(16))  # delivered | temporary | permanent
+    tls_version: Mapped[str | None] = mapped_column(String(16))  # None: in clear, or no connection
 
 
 class MessageIdRow(Base):

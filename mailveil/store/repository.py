@@ -183,6 +183,7 @@ class NewInbound:
     raw: bytes
     scan: str  # "clean", "not scanned" or "infected: <names>"
     sender_check: SenderCheck = SenderCheck.NOT_CHECKED
+    tls_version: str | None = None  # of the session it came in; None: in clear
 
 
 _INSERT_INBOUND = insert(InboundRow).returning(InboundRow.id, sort_by_parameter_order=True)
@@ -200,7 +201,7 @@ def store_inbounds(s: Session, messages: Sequence[NewInbound], now: datetime) ->
     ids = list(db.scalars(_INSERT_INBOUND, [
         {"received_at": now, "mail_from": m.mail_from, "rcpt_to": list(m.rcpt_to), "raw": raw,
          "sha256": sha256_of(raw), "size": len(m.raw), "state": InboundState.RECEIVED,
-         "scan": m.scan, "sender_check": m.sender_check}
+         "scan": m.scan, "sender_check": m.sender_check, "tls_version": m.tls_version}
         for m, raw in zip(messages, kept, strict=True)]))
     infected = [{"inbound_id": inbound_id, "raw": m.raw, "sha256": sha256_of(m.raw),
                  "findings": m.scan, "created_at": now}
@@ -550,13 +551,15 @@ class Attempt:
     code: int | None
     response: str
     outcome: str  # a delivery.transport.Status
+    tls_version: str | None = None  # of the attempt's connection; None: in clear
 
 
 def record_attempts(s: Session, attempts: Sequence[Attempt], now: datetime) -> None:
     if attempts:
         s.connection().execute(_INSERT_ATTEMPT, [
             {"outbound_id": a.outbound_id, "attempted_at": now, "code": a.code,
-             "response": a.response[:2000], "outcome": a.outcome} for a in attempts])
+             "response": a.response[:2000], "outcome": a.outcome,
+             "tls_version": a.tls_version} for a in attempts])
 
 
 @dataclass(frozen=True)

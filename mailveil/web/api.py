@@ -193,6 +193,7 @@ def get_archive(reference: str, s: DB) -> list[ArchiveEntryOut]:
             inbound_id=inbound.id, received_at=inbound.received_at, sender=e.sender_role,
             subject=e.subject, outcome=e.outcome, detail=e.detail, size=inbound.size,
             sha256=inbound.sha256, scan=inbound.scan, sender_check=inbound.sender_check,
+            encrypted=inbound.tls_version is not None, tls_version=inbound.tls_version,
             outbound=[_outbound_out(s, o) for o in copies],
         ))
     return out
@@ -205,7 +206,8 @@ def _outbound_out(s: Session, o: OutboundRow) -> OutboundOut:
         id=o.id, kind=o.kind, to=o.recipient_role or "", message_id=o.message_id, state=o.state,
         sha256=o.sha256,
         attempts=[AttemptOut(attempted_at=a.attempted_at, code=a.code, response=a.response,
-                             outcome=a.outcome) for a in attempts],
+                             outcome=a.outcome, encrypted=a.tls_version is not None,
+                             tls_version=a.tls_version) for a in attempts],
     )
 
 

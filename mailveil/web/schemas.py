@@ -93,6 +93,8 @@ class AttemptOut(BaseModel):
     code: int | None
     response: str
     outcome: str
+    encrypted: bool  # the attempt's connection to the smarthost used TLS
+    tls_version: str | None  # e.g. "TLSv1.3"
 
 
 class OutboundOut(BaseModel):
@@ -116,4 +118,6 @@ class ArchiveEntryOut(BaseModel):
     sha256: str
     scan: str
     sender_check: str  # "verified" | "unverified" (the recipient was warned) | "not checked"
+    encrypted: bool  # received over TLS (STARTTLS)
+    tls_version: str | None
     outbound: list[OutboundOut]
