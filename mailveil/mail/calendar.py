@@ -19,9 +19,15 @@ escapes), which would change bytes nobody asked to change and break what other p
 read from them (X- properties, odd but working folding, vendor quirks). Here a content
 line is unfolded (RFC 5545 3.1), scrubbed only when it holds a real address, and then
 folded again at 75 octets without splitting a UTF-8 sequence; every other line keeps its
-bytes. Known limits: a vCard 2.1 quoted-printable value continued with soft line breaks
-(``=`` at the end of a line) is searched one physical line at a time, and a calendar in
-UTF-16 is not read.
+bytes. A content line is searched like text (:func:`scrub_text`: ``mailto:``, ``CN=``,
+quoted, any case).
+
+Known limits: a vCard 2.1 quoted-printable value continued with soft line breaks (``=`` at
+the end of a line) is searched one physical line at a time; a calendar that does not start
+with ``BEGIN:`` in an ASCII-compatible charset (UTF-16) is left to the text scrubber when
+it is ``text/*`` and relayed as it came otherwise; a non-ASCII local part is matched
+case-insensitively in ASCII letters only; and a recipient's own non-ASCII address put back
+into a 7-bit part makes it 8-bit (it can only be delivered with SMTPUTF8 anyway).
 """
 
 from __future__ import annotations
