@@ -120,8 +120,8 @@ class SmarthostTransport:
                 log.warning("smarthost: STARTTLS failed; this connection goes in clear",
                             extra={"error": str(exc)})
                 self._smtp = await self._open(starttls=False)
-            sslobject = self._smtp.get_transport_info("sslobject")
-            self._tls = sslobject.version() if sslobject is not None else None
+            ssl_object = self._smtp.get_transport_info("ssl_object")
+            self._tls = ssl_object.version() if ssl_object is not None else None
         return self._smtp
 
     async def _open(self, *, starttls: bool) -> aiosmtplib.SMTP:

@@ -1,18 +1,44 @@
-"""The smarthost transport against a real receiving SMTP server (aiosmtpd) on loopback."""
+"""The smarthost transport against a real receiving SMTP server (aiosmtpd) on loopback,
+in clear and over TLS (STARTTLS and implicit) with certificates of a test authority."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from mailveil.delivery.transport import Result, SmarthostTransport, Status
+import pytest
+
+from mailveil.delivery.transport import Result, SmarthostTransport, Status, TlsMode
+from mailveil.smtp.tls import server_context
+from tests.support.certs import Authority
 from tests.support.sink import Sink
 
 RAW = b"Subject: hi\r\n\r\n.a line that starts with a dot\r\nbye\r\n"
 
 
-def send_all(sink: Sink, *envelopes: tuple[str, str]) -> list[Result]:
+@dataclass(frozen=True)
+class Pki:
+    ca: Path  # the authority that issued the sink's certificate (for 127.0.0.1)
+    wrong_ca: Path  # another authority
+    server: ssl.SSLContext  # the sink's
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    folder = tmp_path_factory.mktemp("pki")
+    authority = Authority.create()
+    return Pki(authority.write(folder / "ca.pem"),
+               Authority.create("another CA").write(folder / "wrong-ca.pem"),
+               server_context(authority.issue("127.0.0.1", folder / "sink")))
+
+
+def send_all(sink: Sink, *envelopes: tuple[str, str], **tls: Any) -> list[Result]:
     async def run() -> list[Result]:
-        transport = SmarthostTransport("127.0.0.1", sink.port)
+        transport = SmarthostTransport("127.0.0.1", sink.port, **tls)
         try:
             return [await transport.send(sender, rcpt, RAW) for sender, rcpt in envelopes]
         finally:
@@ -59,3 +85,79 @@ def test_an_address_beyond_ascii_needs_smtputf8() -> None:
         [got] = sink.wait_for(1)
     assert result.status is Status.DELIVERED
     assert got.rcpt_tos == ("anné@example.org",) and "SMTPUTF8" in got.mail_options
+
+
+def test_opportunistic_tls_is_used_when_offered(pki: Pki) -> None:
+    with Sink.running(tls=pki.server) as sink:
+        results = send_all(sink, ("", "ann@example.org"), ("", "bob@example.org"))
+        got = sink.wait_for(2)
+    assert [(r.status, r.tls) for r in results] == [(Status.DELIVERED, "TLSv1.3")] * 2
+    assert [m.tls for m in got] == ["TLSv1.3"] * 2 and got[0].data == RAW
+
+
+def test_opportunistic_goes_in_clear_without_starttls() -> None:
+    with Sink.running() as sink:
+        [result] = send_all(sink, ("", "ann@example.org"))
+        [got] = sink.wait_for(1)
+    assert (result.status, result.tls, got.tls) == (Status.DELIVERED, None, None)
+
+
+def test_off_never_starts_tls(pki: Pki) -> None:
+    with Sink.running(tls=pki.server) as sink:
+        [result] = send_all(sink, ("", "ann@example.org"), tls=TlsMode.OFF)
+        [got] = sink.wait_for(1)
+    assert (result.status, result.tls, got.tls) == (Status.DELIVERED, None, None)
+
+
+def broken_tls() -> ssl.SSLContext:
+    """A server's TLS that offers STARTTLS and fails every handshake: it has no certificate."""
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+
+
+def test_opportunistic_falls_back_to_clear_when_the_handshake_fails(
+        caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING), Sink.running(tls=broken_tls()) as sink:
+        [result] = send_all(sink, ("", "ann@example.org"))
+        [got] = sink.wait_for(1)
+    assert (result.status, result.tls, got.tls) == (Status.DELIVERED, None, None)
+    assert any("STARTTLS failed" in r.message for r in caplog.records)
+
+
+def test_required_delivers_over_a_verified_certificate(pki: Pki) -> None:
+    with Sink.running(tls=pki.server) as sink:
+        [result] = send_all(sink, ("", "ann@example.org"), tls=TlsMode.REQUIRED, ca=pki.ca)
+        [got] = sink.wait_for(1)
+    assert (result.status, result.tls, got.tls) == (Status.DELIVERED, "TLSv1.3", "TLSv1.3")
+
+
+@pytest.mark.parametrize("case", ["wrong CA", "system store", "no STARTTLS", "broken TLS"])
+def test_required_never_falls_back_to_clear(pki: Pki, case: str) -> None:
+    """Each failure is temporary (the worker retries), and the sink never sees the message:
+    not after the failed handshake, nor on the next attempt."""
+    server: ssl.SSLContext | None = pki.server
+    if case == "no STARTTLS":
+        server = None
+    elif case == "broken TLS":
+        server = broken_tls()
+    ca = pki.wrong_ca if case == "wrong CA" else None
+    with Sink.running(tls=server) as sink:
+        results = send_all(sink, ("", "ann@example.org"), ("", "ann@example.org"),
+                           tls=TlsMode.REQUIRED, ca=ca)
+        assert sink.messages == []
+    assert [(r.status, r.code, r.tls) for r in results] == [(Status.TEMPORARY, None, None)] * 2
+    expected = {"wrong CA": "CERTIFICATE_VERIFY_FAILED", "system store":
+                "CERTIFICATE_VERIFY_FAILED", "no STARTTLS": "does not offer STARTTLS",
+                "broken TLS": "STARTTLS with the smarthost failed"}[case]
+    assert all(expected in r.text for r in results), results
+
+
+def test_implicit_tls_as_on_port_465(pki: Pki) -> None:
+    with Sink.running(tls=pki.server, implicit=True) as sink:
+        [ok] = send_all(sink, ("", "ann@example.org"), implicit_tls=True,
+                        tls=TlsMode.REQUIRED, ca=pki.ca)
+        [bad] = send_all(sink, ("", "ann@example.org"), implicit_tls=True,
+                         tls=TlsMode.REQUIRED, ca=pki.wrong_ca)
+        [got] = sink.wait_for(1)
+    assert (ok.status, ok.tls, got.tls) == (Status.DELIVERED, "TLSv1.3", "TLSv1.3")
+    assert bad.status is Status.TEMPORARY and "CERTIFICATE_VERIFY_FAILED" in bad.text
+    assert len(sink.messages) == 1

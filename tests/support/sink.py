@@ -2,10 +2,13 @@
 
 It keeps every message it accepted, and can be told to answer RCPT or DATA with a failure
 to act as a full mailbox (452/552), an unknown user (550) or a server in trouble (421).
+Given a TLS context it offers STARTTLS, or speaks TLS from the first byte (``implicit``,
+as on port 465), and notes the TLS version each message came over.
 """
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +27,7 @@ class Received:
     rcpt_tos: tuple[str, ...]
     data: bytes
     mail_options: tuple[str, ...] = ()
+    tls: str | None = None  # the TLS version the message came over; None: in clear
 
 
 @dataclass
@@ -48,9 +52,11 @@ class Sink:
         assert isinstance(envelope.original_content, bytes)
         with self._cond:
             sender = "" if envelope.mail_from in (None, "<>") else envelope.mail_from
+            ssl_object = server.transport and server.transport.get_extra_info("ssl_object")
             self.messages.append(Received(sender, tuple(envelope.rcpt_tos),
                                           envelope.original_content,
-                                          tuple(envelope.mail_options)))
+                                          tuple(envelope.mail_options),
+                                          ssl_object.version() if ssl_object else None))
             self._cond.notify_all()
         return "250 2.0.0 OK stored"
 
@@ -71,10 +77,13 @@ class Sink:
 
     @classmethod
     @contextmanager
-    def running(cls, *, smtputf8: bool = False) -> Iterator[Sink]:
+    def running(cls, *, smtputf8: bool = False, tls: ssl.SSLContext | None = None,
+                implicit: bool = False) -> Iterator[Sink]:
         sink = cls(port=free_port())
         controller = Controller(sink, hostname="127.0.0.1", port=sink.port,
-                                data_size_limit=64 * 1024 * 1024, enable_SMTPUTF8=smtputf8)
+                                data_size_limit=64 * 1024 * 1024, enable_SMTPUTF8=smtputf8,
+                                ssl_context=tls if implicit else None,
+                                tls_context=None if implicit else tls)
         controller.start()
         try:
             yield sink
