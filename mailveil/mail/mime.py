@@ -598,9 +598,15 @@ def _plain_mime_value(key: str, text: str) -> MimeValue | None:
 
 def header_block(raw: bytes) -> bytes:
     """The header section of a message, blank line included (all of it if none ends it):
-    a slice, for the readers that need no more than the headers of a large message."""
-    ends = [i + len(sep) for sep in (b"\r\n\r\n", b"\n\n") if (i := raw.find(sep)) != -1]
-    return raw[: min(ends)] if ends else raw
+    a slice, for the readers that need no more than the headers of a large message.
+
+    A bare-LF blank line is looked for only before the first CRLF one: searching a 13 MiB
+    CRLF message for one that is not there took 25 ms with the GIL held."""
+    crlf_end = raw.find(b"\r\n\r\n")
+    lf_end = raw.find(b"\n\n", 0, None if crlf_end == -1 else crlf_end)
+    if lf_end != -1:
+        return raw[: lf_end + 2]
+    return raw if crlf_end == -1 else raw[: crlf_end + 4]
 
 
 def parse(raw: bytes) -> Entity:
