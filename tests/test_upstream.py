@@ -22,7 +22,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
+import re
 from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import aiosmtpd
@@ -31,6 +34,8 @@ import dkim.util
 import pytest
 from aiosmtpd.smtp import MISSING, SMTP, syntax
 from dkim.canonicalization import CanonicalizationPolicy
+
+LOCK = Path(__file__).resolve().parents[1] / "requirements.lock"
 
 
 def digest(function: Callable[..., Any]) -> str:
@@ -127,3 +132,13 @@ def test_dkimpy_signatures_we_call() -> None:
     assert parameters(dkim.fold) == ["header", "namelen", "linesep"], "dkim.fold"
     assert parameters(dkim.DKIM.verify) == ["self", "idx", "dnsfunc"], "dkim.DKIM.verify"
     assert parameters(dkim.util.parse_tag_value) == ["tag_list"], "dkim.util.parse_tag_value"
+
+
+def test_the_tests_run_on_the_locked_versions() -> None:
+    """``make install`` installs requirements.lock; a venv that drifted from it (or a lock
+    not regenerated after pyproject.toml changed) tests something else than CI ships."""
+    pinned = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", LOCK.read_text(), re.MULTILINE))
+    assert "aiosmtpd" in pinned and "dkimpy" in pinned
+    drifted = {name: (version, metadata.version(name)) for name, version in pinned.items()
+               if metadata.version(name) != version}
+    assert drifted == {}, f"installed versions differ from requirements.lock: {drifted}"
