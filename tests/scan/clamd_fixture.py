@@ -34,8 +34,9 @@ def eicar() -> bytes:
 def forwarded_with_bad_padding(inner: bytes) -> bytes:
     """A top-level ``message/rfc822`` part in base64 whose padding is cut off: the scan step
     once raised on it and the listener answered ``500`` (issue 12)."""
+    if len(inner) % 3 == 0:  # a whole number of base64 groups: nothing to pad
+        inner += b"\r\n"
     encoded = base64.encodebytes(inner).replace(b"\n", b"\r\n").replace(b"=", b"")
-    assert len(encoded.replace(b"\r\n", b"")) % 4, "the inner message must need padding"
     return (b"MIME-Version: 1.0\r\nContent-Type: message/rfc822\r\n"
             b"Content-Transfer-Encoding: base64\r\n\r\n" + encoded)
 
