@@ -243,6 +243,6 @@ class TestScannerDown:
             smtp.ehlo()
             smtp.mail(CUSTOMER)
             smtp.rcpt(b["supplier_relay_address"])
-            code, text = smtp.data(b"Subject: x\r\n\r\nhello\r\n")
+            code, text = smtp.data(f"From: {CUSTOMER}\r\nSubject: x\r\n\r\nhello\r\n".encode())
         assert (code, text[:5]) == (451, b"4.7.1")
         assert archive(mailveil, "GYG-D", 0) == []
