@@ -274,6 +274,10 @@ async def _verify_dkim(raw: bytes, signatures: list[_Signature], resolver: Resol
     names = sorted({_key_name(tags) for tags in signatures if tags is not None})
     keys = dict(zip(names, await asyncio.gather(*(_fetch_key(resolver, n) for n in names)),
                     strict=True))
+    known = [_without_arithmetic(tags, keys[_key_name(tags)] if tags else "none")
+             for tags in signatures]
+    if all(result is not None for result in known):
+        return tuple(result for result in known if result is not None)  # no process needed
     loop = asyncio.get_running_loop()
     try:
         return await loop.run_in_executor(_dkim_processes(), _verify_all, raw, signatures, keys)
@@ -331,22 +335,31 @@ def _verify_all(raw: bytes, signatures: list[_Signature], keys: dict[bytes, _Key
                  for index, tags in enumerate(signatures))
 
 
-def _verify_one(verifier: dkim.DKIM, index: int, tags: dict[bytes, bytes] | None,
-                key: _Key) -> tuple[str, DkimResult]:
-    if tags is None:
-        return "", "fail"
-    domain = normalized(tags[b"d"].decode("latin-1"))
-    if key == "temperror":
-        return domain, "temperror"
+def _verify_one(verifier: dkim.DKIM, index: int, tags: _Signature, key: _Key
+                ) -> tuple[str, DkimResult]:
+    known = _without_arithmetic(tags, key)
+    if known is not None:
+        return known
+    assert tags is not None and isinstance(key, bytes)
 
-    def answer(name: bytes, timeout: float = DNS_TIMEOUT) -> bytes | None:
-        return key if isinstance(key, bytes) else None  # dkimpy asks for this key only
+    def answer(name: bytes, timeout: float = DNS_TIMEOUT) -> bytes:
+        return key  # dkimpy asks for this key only
 
     try:
         verified = verifier.verify(idx=index, dnsfunc=answer)
     except dkim.DKIMException:  # a body hash mismatch, an expired signature, a missing tag
         verified = False
-    return domain, "pass" if verified else "fail"
+    return normalized(tags[b"d"].decode("latin-1")), "pass" if verified else "fail"
+
+
+def _without_arithmetic(tags: _Signature, key: _Key) -> tuple[str, DkimResult] | None:
+    """The result of a signature that cannot pass whatever the message holds (malformed,
+    or its key absent or not found now); ``None`` when it must be verified."""
+    if tags is None:
+        return "", "fail"
+    if isinstance(key, bytes):
+        return None
+    return normalized(tags[b"d"].decode("latin-1")), "temperror" if key == "temperror" else "fail"
 
 
 # --- DMARC (RFC 7489) -------------------------------------------------------------------

@@ -216,6 +216,12 @@ def test_every_signature_is_verified(nameserver: str, key: bytes) -> None:
         ("shop.example", "pass"))
 
 
+def test_a_signature_whose_key_is_not_published_fails(nameserver: str, key: bytes) -> None:
+    raw = _signed(key, "other.example", _message("ann@other.example"))
+    result = _check(nameserver, raw, mail_from="ann@other.example")
+    assert result.dkim == (("other.example", "fail"),)
+
+
 def test_a_message_dkimpy_cannot_parse_has_no_signature(nameserver: str, key: bytes) -> None:
     raw = _signed(key, "shop.example").replace(b"\r\n\r\n", b"\r\nno colon here\r\n\r\n", 1)
     result = _check(nameserver, raw, ip=BAD_IP)
