@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -29,6 +29,7 @@ from mailveil.domain.states import OutboxState
 from mailveil.mail.bounces import classify
 from mailveil.metrics import ATTEMPTS, ERRORS
 from mailveil.store import repository as repo
+from mailveil.store.batch import write_batch
 from mailveil.store.workers import Lessee
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ class Deliverer:
         verdicts += [verdict(job, result, self._policy, at) for job, result in sent]
         tried = {v.job.id for v in verdicts}
         untried = [job.id for job in jobs if job.id not in tried]
-        await asyncio.to_thread(self._record, verdicts, untried, at)
+        await asyncio.to_thread(self._write, verdicts, untried, at)
         return len(jobs)
 
     def _holds(self, leased_at: float) -> bool:
@@ -119,34 +120,41 @@ class Deliverer:
             return repo.claim_outbound(s, limit=self._policy.batch, now=now,
                                        lease=self._policy.lease, holder=holder)
 
-    def _record(self, verdicts: list[Verdict], untried: list[int], now: datetime) -> None:
-        with self._sessions() as s, s.begin():
-            repo.unlease_outbound(s, untried)
-            repo.record_attempts(s, [repo.Attempt(v.job.id, v.result.code, v.result.text,
-                                                  v.result.status.value, v.result.tls)
-                                     for v in verdicts if v.result is not None], now)
-            delivered = repo.mark_delivered(
-                s, [v.job.id for v in verdicts if v.to is OutboxState.DELIVERED], now)
-            for v in verdicts:
-                if v.result is not None:
-                    ATTEMPTS.labels(outcome=v.result.status.value).inc()
-                if v.to is OutboxState.DELIVERED:
-                    done = v.job.id in delivered
-                elif v.result is None:
-                    done = repo.park_outbound(s, v.job.id, v.why, now)
-                elif v.retry_at is not None:
-                    done = repo.retry_outbound(s, v.job.id, v.why, v.retry_at)
-                else:
-                    assert v.to is not None
-                    done = repo.move_outbound(s, v.job.id, v.to, now, why=v.why,
-                                              tried=True) is not None
-                # Not done: our lease ran out and another worker finished it meanwhile;
-                # the attempt is history all the same.
-                if done:
-                    log.info("delivery", extra={
-                        "outbound_id": v.job.id, "attempt": v.job.attempts + 1,
-                        "status": v.to or OutboxState.QUEUED,
-                        "code": None if v.result is None else v.result.code})
+    def _write(self, verdicts: list[Verdict], untried: list[int], now: datetime) -> None:
+        if untried:
+            with self._sessions() as s, s.begin():
+                repo.unlease_outbound(s, untried)
+        write_batch(self._sessions, verdicts, lambda s, done: _record(s, done, now),
+                    lambda v, exc: Verdict(v.job, None, OutboxState.FAILED, repr(exc)),
+                    "delivery")
+
+
+def _record(s: Session, verdicts: Sequence[Verdict], now: datetime) -> None:
+    repo.record_attempts(s, [repo.Attempt(v.job.id, v.result.code, v.result.text,
+                                          v.result.status.value, v.result.tls)
+                             for v in verdicts if v.result is not None], now)
+    delivered = repo.mark_delivered(
+        s, [v.job.id for v in verdicts if v.to is OutboxState.DELIVERED], now)
+    for v in verdicts:
+        if v.result is not None:
+            ATTEMPTS.labels(outcome=v.result.status.value).inc()
+        if v.to is OutboxState.DELIVERED:
+            done = v.job.id in delivered
+        elif v.result is None:
+            done = repo.park_outbound(s, v.job.id, v.why, now)
+        elif v.retry_at is not None:
+            done = repo.retry_outbound(s, v.job.id, v.why, v.retry_at)
+        else:
+            assert v.to is not None
+            done = repo.move_outbound(s, v.job.id, v.to, now, why=v.why,
+                                      tried=True) is not None
+        # Not done: our lease ran out and another worker finished it meanwhile; the
+        # attempt is history all the same.
+        if done:
+            log.info("delivery", extra={
+                "outbound_id": v.job.id, "attempt": v.job.attempts + 1,
+                "status": v.to or OutboxState.QUEUED,
+                "code": None if v.result is None else v.result.code})
 
 
 def _crashed(job: repo.Due, exc: Exception) -> Verdict:

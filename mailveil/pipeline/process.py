@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TypeVar
 
 from sqlalchemy.orm import Session
 
@@ -42,7 +41,7 @@ from mailveil.metrics import DECIDED, ERRORS
 from mailveil.pipeline import compose
 from mailveil.pipeline.rules import Context, Recipient, decide, may_notify
 from mailveil.store import repository as repo
-from mailveil.store.db import DATABASE_UNAVAILABLE
+from mailveil.store.batch import write_batch
 
 log = logging.getLogger(__name__)
 
@@ -159,9 +158,10 @@ class Processor:
         results += [self._process(message, info, known, now) for message, info in read]
         if not results:
             return 0
-        _write(self._sessions, results, lambda s, batch: self._record(s, batch, now),
-               lambda r, exc: Result.failed(r.message, exc,
-                                            (e.booking_id for e in r.archive)))
+        write_batch(self._sessions, results, lambda s, done: self._record(s, done, now),
+                    lambda r, exc: Result.failed(r.message, exc,
+                                                 (e.booking_id for e in r.archive)),
+                    "processing")
         return len(claimed)
 
     def _tokens(self, claimed: list[repo.Claimed]) -> list[tuple[Role, str]]:
@@ -277,7 +277,7 @@ class Processor:
         return may_notify(mail_from, info.auto_submitted, info.is_delivery_report,
                           self._p.book)
 
-    def _record(self, s: Session, results: list[Result], now: datetime) -> None:
+    def _record(self, s: Session, results: Sequence[Result], now: datetime) -> None:
         mine = repo.mark_processed(s, [r.message.id for r in results if r.error is None], now)
         mine |= {r.message.id for r in results if r.error is not None
                  and repo.mark_failed(s, r.message.id, r.error, now)}
@@ -305,8 +305,8 @@ class Processor:
         if not owed:
             return 0
         explained = [self._explained(o, originals, bookings, now) for o in owed]
-        _write(self._sessions, explained, lambda s, batch: _record_explained(s, batch, now),
-               _parked)
+        write_batch(self._sessions, explained,
+                    lambda s, done: _record_explained(s, done, now), _parked, "notice")
         return len(owed)
 
     def _explained(self, owed: repo.Owed, originals: dict[int, repo.Claimed],
@@ -367,44 +367,10 @@ def _parked(explained: Explained, exc: BaseException) -> Explained:
     return Explained(owed, OutboxState.FAILED, error, archive)
 
 
-def _record_explained(s: Session, batch: list[Explained], now: datetime) -> None:
-    mine = [e for e in batch
+def _record_explained(s: Session, done: Sequence[Explained], now: datetime) -> None:
+    mine = [e for e in done
             if repo.move_outbound(s, e.owed.id, e.to, now, why=e.why) is not None]
     repo.add_archive_entries(s, [a for e in mine for a in e.archive], now)
     repo.queue_outbounds(s, [e.notice for e in mine if e.notice is not None], now)
     for entry in (a for e in mine for a in e.archive):
         DECIDED.labels(outcome=entry.outcome).inc()
-
-
-T = TypeVar("T", Result, Explained)
-
-
-def _write(sessions: Callable[[], Session], batch: list[T],
-              record: Callable[[Session, list[T]], None],
-              park: Callable[[T, Exception], T]) -> None:
-    """Write a batch in one transaction; if that fails for another reason than the
-    database being away, write it item by item, parking an item that still fails."""
-    try:
-        with sessions() as s, s.begin():
-            record(s, batch)
-    except DATABASE_UNAVAILABLE:
-        raise  # not the messages' fault: they stay leased and are taken again
-    except Exception:
-        log.exception("recording a batch failed; recording its items one by one")
-        for item in batch:
-            _write_alone(sessions, item, record, park)
-
-
-def _write_alone(sessions: Callable[[], Session], item: T,
-                    record: Callable[[Session, list[T]], None],
-                    park: Callable[[T, Exception], T]) -> None:
-    try:
-        with sessions() as s, s.begin():
-            record(s, [item])
-    except DATABASE_UNAVAILABLE:
-        raise
-    except Exception as exc:
-        log.exception("recording failed; the item is parked")
-        ERRORS.labels(stage="recording").inc()
-        with sessions() as s, s.begin():
-            record(s, [park(item, exc)])

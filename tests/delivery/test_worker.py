@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -117,3 +119,26 @@ def test_a_send_that_raises_parks_only_its_copy(sessions: sessionmaker[Session])
     assert "the transport broke on this one" in (rows[bad].last_error or "")
     assert rows[bad].lease_until is None and rows[bad].attempts == 0
     assert asyncio.run(deliverer.run_once(lambda: NOW + timedelta(days=1))) == 0
+
+
+def test_a_verdict_that_cannot_be_recorded_parks_only_its_copy(
+        sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batch's transaction fails; its verdicts are then written one by one."""
+    ok, gone, ok2 = queue(sessions, ["ok@example.org", "gone@example.org", "ok@example.org"])
+    real = repo.move_outbound
+
+    def move_outbound(s: Session, outbound_id: int, to: OutboxState, *args: Any,
+                      **kw: Any) -> Any:
+        if outbound_id == gone and to is OutboxState.UNDELIVERABLE:
+            raise RuntimeError("recording broke")
+        return real(s, outbound_id, to, *args, **kw)
+
+    monkeypatch.setattr(repo, "move_outbound", move_outbound)
+    deliverer = Deliverer(sessions, [AnswersByRecipient()], POLICY)
+    assert asyncio.run(deliverer.run_once(lambda: NOW)) == 3
+    with sessions() as s:
+        rows = {r.id: r for r in s.scalars(select(OutboundRow))}
+    assert {i: r.state for i, r in rows.items()} == {ok: OutboxState.DELIVERED,
+                                                     gone: OutboxState.FAILED,
+                                                     ok2: OutboxState.DELIVERED}
+    assert "recording broke" in (rows[gone].last_error or "")
