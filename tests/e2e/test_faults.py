@@ -32,6 +32,7 @@ from mailveil.mail import bounces, inspect
 from mailveil.pipeline import compose, process
 from mailveil.scan import clamd
 from mailveil.smtp import gate, listener
+from mailveil.store import repository
 from tests.conftest import Mailveil, mailveil_env
 from tests.scan.clamd_fixture import ClamdInfo, forwarded_with_bad_padding
 from tests.support.client import CUSTOMER, archive, mail, register
@@ -337,6 +338,30 @@ def test_a_fault_while_reading_a_bounce_parks_only_the_bounce(
     assert "mailveil_inbound_failed 1.0" in metrics
     assert [e["outcome"] for e in archive(mv, "GYG-GOOD", 1)] == ["relayed"]
     still_serving(mv, sink, good, "processing", before)
+
+
+def test_a_round_that_raises_outside_any_message_costs_only_that_round(
+        start: Callable[[dict[str, str]], InProcess], sink: Sink,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in a runner itself, not in one message's work: the runner logs it, counts it
+    and goes on with its next round; the other roles never notice."""
+    real = repository.claim_owed
+    rounds = 0
+
+    def claim_owed(*args: Any, **kw: Any) -> Any:
+        nonlocal rounds
+        rounds += 1
+        if rounds == 1:
+            raise fault("a round")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(repository, "claim_owed", claim_owed)
+    before = errors("processing")
+    mv = start({})
+    good, _ = setup(mv)
+    until(lambda: errors("processing") > before or None, "the round did not raise")
+    still_serving(mv, sink, good, "processing", before)
+    assert rounds > 1
 
 
 class TestBadBase64ForwardedMessage:
