@@ -11,7 +11,9 @@ subclass also adds what hostile clients need:
 
 * an idle timeout that says ``421 4.4.2`` before hanging up, counted only while we wait
   for the client, so a slow but moving upload or a slow commit of ours is never cut;
-* a cap on simultaneous sessions (``421 4.7.0``);
+* a cap on simultaneous sessions (``421 4.7.0``), and the limits per client address of
+  :mod:`mailveil.smtp.anvil`: sessions at once, new sessions, and a deadline per session
+  that message data extends at the minimum data rate;
 * refusal of data sent before our 354 (the pipelining form of smuggling);
 * refusal of messages with a NUL, and of control characters in addresses and host names;
 * a ``421`` always closes the connection, whoever produced it;
@@ -33,9 +35,11 @@ import time
 from collections import Counter
 from typing import Any, AnyStr
 
-from aiosmtpd.smtp import MISSING, SMTP, syntax
+from aiosmtpd.smtp import MISSING, SMTP, TLSSetupException, syntax
 
 from mailveil.smtp import replies
+from mailveil.smtp.anvil import Anvil
+from mailveil.smtp.limits import Limits, extended_deadline
 from mailveil.smtp.tls import ServerCertificate
 
 log = logging.getLogger(__name__)
@@ -63,10 +67,12 @@ _CHUNK = 256 * 1024
 
 
 class ConnectionLimit:
-    """The sessions open on one listener, shared by all its protocol instances."""
+    """The sessions open on one listener, shared by all its protocol instances, and the
+    limits per client address (shared with the other listeners through ``anvil``)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, anvil: Anvil | None = None) -> None:
         self.limit = limit
+        self.anvil = anvil or Anvil(Limits())
         self.active = 0
         self.sessions: set[RelaySMTP] = set()
 
@@ -168,29 +174,47 @@ class RelaySMTP(SMTP):
         self._in_data = False
         self._shutting_down = False
         self._opened = time.monotonic()
+        self._client = ""  # the key the limits count this session's client under
+        self._deadline = 0.0
+        self._deadline_timer: asyncio.TimerHandle | None = None
         self._tally: Counter[str] = Counter()
         self._multiline: list[str] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if not self._counted:
-            if self._connections.active >= self._connections.limit:
-                log.warning("connection refused: too many sessions",
-                            extra={"peer": str(transport.get_extra_info("peername")),
-                                   "sessions": self._connections.active})
+            refusal = self._admit(transport.get_extra_info("peername"))
+            if refusal is not None:
                 assert isinstance(transport, asyncio.WriteTransport)
-                transport.write(f"{replies.S421_TOO_MANY_CONNECTIONS}\r\n".encode())
+                transport.write(f"{refusal}\r\n".encode())
                 transport.close()
                 return
             self._connections.active += 1
             self._connections.sessions.add(self)
             self._counted = True
+            loop = asyncio.get_running_loop()
+            self._deadline = loop.time() + self._connections.anvil.limits.session_seconds
+            self._deadline_timer = loop.call_at(self._deadline, self._deadline_cb)
         super().connection_made(transport)
+
+    def _admit(self, peer: object) -> str | None:
+        """The ``421`` refusing a new session, or ``None``: the listener's cap, then the
+        limits of the client's address."""
+        if self._connections.active >= self._connections.limit:
+            log.warning("connection refused: too many sessions",
+                        extra={"peer": str(peer), "sessions": self._connections.active})
+            return replies.S421_TOO_MANY_CONNECTIONS
+        self._client, refusal = self._connections.anvil.open(
+            str(peer[0]) if isinstance(peer, tuple) else str(peer))
+        return refusal
 
     def connection_lost(self, error: Exception | None) -> None:
         if not self._counted:
             return  # refused in connection_made: aiosmtpd never started this session
         self._connections.active -= 1
         self._connections.sessions.discard(self)
+        self._connections.anvil.close(self._client)
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
         self._counted = False
         # One line per session, with no address in it: operators count, they do not read mail.
         log.info("smtp session", extra={
@@ -202,6 +226,9 @@ class RelaySMTP(SMTP):
         """Every read restarts the idle timer: RFC 5321 4.5.3.2 times each read of DATA,
         not the whole upload, which aiosmtpd's per-command timer would cut."""
         self._reset_timeout()
+        if self._in_data:
+            self._deadline = extended_deadline(self._deadline, len(data),
+                                               self._connections.anvil.limits.min_data_rate)
         super().data_received(data)
 
     @property
@@ -216,6 +243,20 @@ class RelaySMTP(SMTP):
             return
         log.info("idle timeout", extra={"peer": self._peer})
         self._writer.write(f"{replies.S421_TIMEOUT}\r\n".encode())
+        self._hang_up()
+
+    def _deadline_cb(self) -> None:
+        """Hang up on a session past its deadline (``MAILVEIL_SMTP_SESSION_SECONDS``, plus
+        what its message data earned), unless it waits for us (scan, commit)."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        loop = asyncio.get_running_loop()
+        if self._in_hook or loop.time() < self._deadline:
+            self._deadline_timer = loop.call_at(max(self._deadline, loop.time() + 1),
+                                                self._deadline_cb)
+            return
+        reply = self._connections.anvil.expired(self._client)
+        self._writer.write(f"{reply}\r\n".encode())
         self._hang_up()
 
     async def _call_handler_hook(self, command: str, *args: Any) -> Any:
@@ -249,6 +290,16 @@ class RelaySMTP(SMTP):
         await super().push(reply)
         if reply.startswith("421 "):
             self._hang_up()
+
+    async def handle_exception(self, error: Exception) -> str:
+        """A failed STARTTLS handshake is a log line, not a traceback: scanners and old
+        clients fail them all day. No reply can follow it (the stream is neither clear nor
+        encrypted), so aiosmtpd closes the connection and ignores what this returns."""
+        if isinstance(error, TLSSetupException):
+            log.info("TLS handshake failed", extra={"peer": self._peer,
+                                                    "error": str(error.__cause__ or error)})
+            return ""
+        return await super().handle_exception(error)
 
     def _hang_up(self) -> None:
         """Close, dropping what the client sent that we have not read yet: aiosmtpd would
@@ -291,6 +342,18 @@ class RelaySMTP(SMTP):
             await self.push(replies.S501_CONTROL_IN_HOSTNAME)
             return
         await super().smtp_EHLO(hostname)
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        """aiosmtpd's, and a handshake we cut short (idle timeout, shutdown) ends the session.
+
+        asyncio reports such a handshake as done, without calling ``connection_made`` or
+        ever ``connection_lost``: the session would wait for ever on a dead stream, holding
+        its slot. A client that sent STARTTLS and nothing more would leak one a timeout."""
+        await super().smtp_STARTTLS(arg)
+        session = self.session
+        if self._tls_protocol is not None and session is not None and session.ssl is None:
+            raise TLSSetupException("the handshake was cut short")
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:

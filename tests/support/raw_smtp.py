@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import socket
+import ssl
 from contextlib import suppress
 
 
@@ -26,6 +27,20 @@ class RawSmtp:
                 if piece[3:4] != b"-":
                     break
         return out
+
+    def starttls(self, context: ssl.SSLContext, server_hostname: str,
+                 pipelined: bytes = b"") -> bytes:
+        """Send STARTTLS with ``pipelined`` right behind it in the same segment, and
+        handshake if the reply is 220; returns that reply.
+
+        The reply is read straight from the socket: a byte the server sent after it in
+        clear would then break the handshake instead of hiding in a read-ahead buffer."""
+        self.send(b"STARTTLS\r\n" + pipelined)
+        reply = self.sock.recv(4096)
+        if reply.startswith(b"220 "):
+            self.sock = context.wrap_socket(self.sock, server_hostname=server_hostname)
+            self.file = self.sock.makefile("rb")
+        return reply
 
     def replies(self, count: int) -> list[bytes]:
         return [self.reply() for _ in range(count)]
