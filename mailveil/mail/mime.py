@@ -9,12 +9,12 @@ gives back ``raw`` for any input; the stdlib is used to *read* headers, never to
 from __future__ import annotations
 
 import binascii
-import codecs
 import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from email import policy
+from email.header import Header
 from email.headerregistry import (
     AddressHeader,
     BaseHeader,
@@ -30,7 +30,7 @@ from functools import cached_property
 from typing import NamedTuple, cast
 
 from mailveil.budget import spend
-from mailveil.mail.charsets import decode_words
+from mailveil.mail.charsets import ENCODED_RUN, decode_words, for_stdlib
 
 MAX_DEPTH = 50
 """Nesting deeper than this is kept as one opaque leaf: no mail client shows it anyway."""
@@ -91,16 +91,10 @@ _PARAMS_END = re.compile(r"(?:[ \t]*;)?\Z")
 
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 """What would break a header line or hide in one: C0, DEL, C1 (NEL) and Unicode line breaks."""
-_WORD = r"=\?([^?]*)\?([bBqQ])\?([^?]*)\?="
-"""An RFC 2047 encoded word as leniently as any reader takes one (the stdlib's parser takes
-white space inside, an unknown charset, a charset ``*language``): a superset of theirs."""
-_ENCODED_WORD = re.compile(_WORD)
-_ENCODED_RUN = re.compile(rf"{_WORD}(?:\s+{_WORD})*")
-"""Adjacent encoded words: the white space between them is not part of the text."""
-_REFUSED_CHARSETS = frozenset({"punycode", "idna"})
-"""Codecs whose decoder is quadratic in the input; their words are read as ASCII."""
 _FOLD_AT = 78
 """RFC 5322's recommended line length, where :func:`fold_text` breaks lines."""
+_SHORT_RUN = 2_000
+"""Runs of text to encode up to this length are left to the stdlib (linear below it)."""
 _WORD_BYTES = 45
 """UTF-8 bytes per encoded word: base64 makes 60 characters, 72 with ``=?utf-8?b?...?=``."""
 _BAD_IN_LINE = re.compile(r"[^\t -~]")
@@ -147,23 +141,26 @@ class Field:
         if len(text) > MAX_STRUCTURED_HEADER:
             return None
         try:
-            header: BaseHeader = policy.default.header_factory(self.key, text)
+            # A parameter in a refused charset would lose the field all its parameters.
+            value = for_stdlib(text) if self.key in _PLAIN_MIME_VALUE else text
+            header: BaseHeader = policy.default.header_factory(self.key, value)
         except Exception:
             return None
         return header
 
     @property
     def decoded(self) -> str:
-        """The human-readable value: encoded words decoded, folding removed.
+        """The human-readable value: encoded words decoded at every depth, folding removed,
+        control characters replaced (see :func:`header_text`).
 
         An unstructured ASCII value without encoded words is its own decoded value.
         """
         text = self.text
-        if _plain_unstructured(self.key, text):
+        if _plain_unstructured(self.key, text) and not _CONTROLS.search(text):
             return text
         if self.parsed is not None:
-            return str(self.parsed)
-        return decode_words(text)
+            return header_text(str(self.parsed))
+        return header_text(decode_words(text))
 
     @cached_property
     def hides_a_line_break(self) -> bool:
@@ -171,7 +168,7 @@ class Field:
         encoded words, which may hold one: written out again, it must be decoded first."""
         if "=?" not in self.text:
             return False
-        once = _decode_words(self.text)
+        once = decode_words(self.text)
         return "=?" in once or _CONTROLS.search(once) is not None
 
     @cached_property
@@ -370,15 +367,18 @@ def fold(name: str, value: str, newline: bytes = b"\r\n") -> bytes:
     is one field: the value is first made safe (:func:`safe_value`), and a stdlib result
     with a line break that is not a fold, a control character or a line over ``MAX_LINE``
     is replaced by :func:`fold_text`'s. Huge values skip the stdlib folder, which is
-    quadratic in their length. A value the structured parser cannot fold is folded as
-    unstructured text, lone surrogates (undecodable bytes) replaced.
+    quadratic in their length, and so does non-ASCII unstructured text: the stdlib writes
+    two words as two encoded words with a space between, which readers drop. A value the
+    structured parser cannot fold is folded as unstructured text, lone surrogates
+    (undecodable bytes) replaced.
     """
     value = safe_value(value)
     line = _plain_line(name, value)
     if line is not None:
         return line.encode("ascii") + newline
     linesep = newline.decode("ascii")
-    if len(value) <= MAX_STRUCTURED_HEADER:
+    unstructured = issubclass(_kind(name), UnstructuredHeader)
+    if len(value) <= MAX_STRUCTURED_HEADER and not (unstructured and not value.isascii()):
         folding = policy.default.clone(linesep=linesep)
         try:
             folded: str = folding.header_factory(name, value).fold(policy=folding)
@@ -387,7 +387,6 @@ def fold(name: str, value: str, newline: bytes = b"\r\n") -> bytes:
             folded = _UNSTRUCTURED(name, text).fold(policy=folding)
         if _well_folded(folded, linesep):
             return folded.encode("ascii")
-    unstructured = issubclass(_kind(name), UnstructuredHeader)
     return fold_text(name, header_text(value), newline, encode_long=unstructured)
 
 
@@ -397,18 +396,18 @@ def header_text(value: str) -> str:
 
     Decoded text is attacker-controlled: a CR LF inside an encoded word, or inside an
     encoded word inside one, would start a new header line wherever it is written out. Past
-    ``MAX_ENCODING_DEPTH`` the words left are defused (``=?`` becomes ``= ?``), which
-    keeps the work linear.
+    ``MAX_ENCODING_DEPTH``, and where a word cannot be decoded (broken base64), the words
+    left are defused (``=?`` becomes ``= ?``), which keeps the work linear.
     """
     text = _CONTROLS.sub(" ", value)
     for _ in range(MAX_ENCODING_DEPTH):
         if "=?" not in text:
             return text
-        decoded = _CONTROLS.sub(" ", _decode_words(text))
+        decoded = _CONTROLS.sub(" ", decode_words(text))
         if decoded == text:
-            return text
+            break
         text = decoded
-    return text.replace("=?", "= ?")
+    return text.replace("=?", "= ?") if ENCODED_RUN.search(text) else text
 
 
 def safe_value(value: str) -> str:
@@ -418,7 +417,7 @@ def safe_value(value: str) -> str:
     value = _CONTROLS.sub(" ", value)
     if "=?" not in value:
         return value
-    return _ENCODED_RUN.sub(lambda run: _encoded(header_text(run.group(0))), value)
+    return ENCODED_RUN.sub(lambda run: _encoded(header_text(run.group(0))), value)
 
 
 def fold_text(name: str, text: str, newline: bytes = b"\r\n", *, encode_long: bool) -> bytes:
@@ -468,45 +467,20 @@ def _well_folded(folded: str, linesep: str) -> bool:
     )
 
 
-def _decode_words(text: str) -> str:
-    """``text`` with each run of encoded words replaced by its text, linear in its length."""
-    return _ENCODED_RUN.sub(
-        lambda run: "".join(_decoded_word(*w.groups()) for w in _ENCODED_WORD.finditer(run[0])),
-        text,
-    )
-
-
-def _decoded_word(charset: str, encoding: str, data: str) -> str:
-    """One word's text; an unknown or refused charset reads as ASCII, as the stdlib does."""
-    raw = data.encode("utf-8", "replace")
-    if encoding in "qQ":
-        raw = binascii.a2b_qp(raw, header=True)
-    else:
-        raw = raw.translate(None, b" \t\r\n")
-        try:
-            raw = binascii.a2b_base64(raw + b"=" * (-len(raw) % 4))
-        except (binascii.Error, ValueError):
-            return ""
-    try:
-        info: codecs.CodecInfo | None = codecs.lookup(charset.partition("*")[0].strip())
-    except (LookupError, ValueError):
-        info = None
-    usable = info is not None and getattr(info, "_is_text_encoding", True)
-    codec = info.name if info is not None and usable else "ascii"
-    try:
-        return raw.decode("ascii" if codec in _REFUSED_CHARSETS else codec, "replace")
-    except (UnicodeError, LookupError, TypeError, ValueError):
-        return raw.decode("ascii", "replace")
-
-
 def _encoded(text: str) -> str:
     """One UTF-8 encoded word of ``text``, or nothing when there is no text."""
     return " ".join(_encoded_words(text))
 
 
 def _encoded_words(text: str) -> list[str]:
-    """``text`` as base64 UTF-8 encoded words of at most 72 characters, cut between
-    characters; base64 is valid wherever an encoded word may stand (RFC 2047 5)."""
+    """``text`` as UTF-8 encoded words of at most 76 characters, cut between characters.
+
+    Up to ``_SHORT_RUN`` characters the stdlib's ``Header`` writes them (Q or B, whichever
+    is shorter, as the rest of the relay's headers); longer runs, which only hostile mail
+    has, are cut in base64 words here, in linear time.
+    """
+    if len(text) <= _SHORT_RUN:
+        return Header(text, "utf-8").encode(maxlinelen=76).split() if text else []
     data = text.encode("utf-8", "replace")
     words: list[str] = []
     start = 0

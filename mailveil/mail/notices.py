@@ -23,6 +23,7 @@ from gettext import NullTranslations
 
 from mailveil.i18n import resolve, translator
 from mailveil.mail.bounces import UndeliverableCause
+from mailveil.mail.mime import header_text
 from mailveil.mail.rewrite import MAX_LINE
 
 __all__ = ["Notice", "Reason", "UndeliverableCause", "build_notice"]
@@ -243,8 +244,10 @@ def _headers_part(raw_headers: bytes) -> MIMEPart:
 
 
 def _one_line(value: str) -> str:
-    """Header-safe text: a subject or name with folded lines never injects a header."""
-    return " ".join(value.split())
+    """Header-safe text: a subject or name with folded lines, or with encoded words that
+    hide a line break at any depth (the stdlib decodes them when it writes the header),
+    never injects a header."""
+    return " ".join(header_text(value).split())
 
 
 def _display_name(value: str) -> str:

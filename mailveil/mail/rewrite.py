@@ -27,16 +27,15 @@ signed body reaches the recipient; the sender chose to sign that text.
 
 No line that leaves is longer than ``MAX_LINE`` (RFC 5322 2.1.1), though real programs
 send longer ones (Outlook's 7bit HTML, one-line base64, JSON) and the listener takes them.
-A part with such a line is re-encoded so that its *decoded* content stays the same: a
-base64 or quoted-printable body is re-wrapped in its own encoding, a raw one becomes
-quoted-printable if it is text, base64 otherwise. A re-encoded text keeps its lines but
-their line ends all become the first one's, as SMTP carries them as CRLF anyway. Parts
-without a long line keep their bytes. A long line that is not a part's body is broken as
-Postfix breaks it, a line break and a space, so the new line can never be a boundary
-delimiter: in a multipart's preamble or epilogue, which readers ignore, and in a forwarded
-message, whose bodies are already within the limit but where a header field of the
-forwarded mail (a provider's 1,242-character ``X-GMX-...``) is thereby folded; RFC 2046
-allows no base64 for a forwarded message, and readers such as Python's do not decode it.
+A part with such a line is re-encoded so that its *decoded* content stays the same, byte
+for byte, line ends included: a base64 or quoted-printable body is re-wrapped in its own
+encoding, a raw one becomes quoted-printable if it is text, base64 otherwise. Parts without
+a long line keep their bytes. A long line that is not a part's body is broken as Postfix
+breaks it, a line break and a space, so the new line can never be a boundary delimiter: in
+a multipart's preamble or epilogue, which readers ignore, and in a forwarded message, whose
+bodies are already within the limit but where a header field of the forwarded mail (a
+provider's 1,242-character ``X-GMX-...``) is thereby folded; RFC 2046 allows no base64 for
+a forwarded message, and readers such as Python's do not decode it.
 
 Inside a signed subtree too: a part with a long line is re-encoded, which breaks the
 signature. Left alone it would not survive either: an MTA that keeps to the limit (Postfix:
@@ -68,6 +67,7 @@ from dataclasses import dataclass, field, replace
 from email.headerregistry import Address
 from email.utils import formatdate, quote
 
+from mailveil.budget import spend
 from mailveil.mail import charsets
 from mailveil.mail.calendar import card_replacements, rewrite_card
 from mailveil.mail.mime import (
@@ -177,13 +177,15 @@ def _header_block(root: Entity, plan: RewritePlan) -> bytes:
         if found.key not in KEPT_HEADERS or found.key in kept:
             continue
         value = _new_value(found, plan.replacements, boundary=_has_boundary(root))
+        if value is None and found.too_long:
+            value = found.decoded
         if value is not None:
             kept[found.key] = fold(found.name, value)
         else:
             kept[found.key] = _LINE_END.sub(b"\r\n", found.raw.rstrip(b"\r\n")) + b"\r\n"
     new = [
-        ("From", _mailbox(header_text(plan.from_name), _clean(plan.from_address))),
-        ("To", _mailbox(header_text(plan.to_name), _clean(plan.to_address))),
+        ("From", _mailbox(_name(plan.from_name), _clean(plan.from_address))),
+        ("To", _mailbox(_name(plan.to_name), _clean(plan.to_address))),
         ("Date", "" if "date" in kept else formatdate(usegmt=True)),
         ("Message-ID", _ids((plan.message_id,))),
         ("In-Reply-To", _ids(plan.in_reply_to)),
@@ -196,10 +198,10 @@ def _header_block(root: Entity, plan: RewritePlan) -> bytes:
 
 def _new_value(found: Field, replacements: Mapping[str, str], *, boundary: bool) -> str | None:
     """The value to write the field afresh with, or None to keep its bytes: it names a real
-    address, has a line over the limit, or hides a line break in its encoded words (which a
-    program that decodes and writes it again would turn into a header of its own)."""
+    address, or hides a line break in its encoded words (which a program that decodes and
+    writes it again would turn into a header of its own)."""
     scrubbed = _scrubbed_value(found, replacements, boundary=boundary)
-    if scrubbed is None and (found.too_long or found.hides_a_line_break):
+    if scrubbed is None and found.hides_a_line_break:
         return found.decoded
     return scrubbed
 
@@ -233,7 +235,7 @@ def _scrubbed_value(found: Field, replacements: Mapping[str, str], *, boundary: 
         return None
     try:
         return ", ".join(
-            _mailbox(scrub_text(header_text(name), replacements), scrub_text(addr, replacements))
+            _mailbox(scrub_text(_name(name), replacements), scrub_text(addr, replacements))
             for name, addr in found.mailboxes or ()
         ) or new
     except Exception:  # the stdlib parser trips on some addresses: the field is then text
@@ -252,6 +254,11 @@ def _has_boundary(entity: Entity) -> bool:
 def _clean(value: str) -> str:
     """Control characters in an address or id (caller data) would inject headers."""
     return _CONTROL.sub(" ", value).strip()
+
+
+def _name(value: str) -> str:
+    """A display name as it is to be shown: decoded to the end, on one line, trimmed."""
+    return " ".join(header_text(value).split())
 
 
 def _mailbox(name: str, address: str) -> str:
@@ -349,10 +356,10 @@ def _forwarded(
 def _rewrite_text(entity: Entity, replacements: Mapping[str, str], banner: str | None) -> Entity:
     """Scrub (and maybe banner) one text leaf; an unchanged part is returned as it came."""
     declared = charsets.codec(entity.param("charset") or "us-ascii")
-    decoded = _decode(entity, declared)
-    if decoded is None:
+    data = _shown(entity, declared, replacements)
+    if declared is None or data is None:
         return _opaque(entity, replacements)
-    text, codec = decoded
+    text, codec = _decode(data, declared)
     new = scrub_text(text, replacements)
     if banner:
         new = _with_banner(new, banner, html=entity.content_type == "text/html")
@@ -405,34 +412,36 @@ def _has_long_line(data: bytes) -> bool:
     return bool(_LONG_LINE.search(data) or _LONG_LINE.match(b"\n" + data[: MAX_LINE + 2]))
 
 
-def _decode(entity: Entity, declared: str | None) -> tuple[str, str] | None:
-    """The text of a leaf and the codec to write it back with; None when it cannot be read
-    as text: a charset the relay does not decode (:mod:`mailveil.mail.charsets`) or a body
-    that is not the base64 it claims to be.
+def _decode(data: bytes, declared: str) -> tuple[str, str]:
+    """The text of a leaf and the codec to write it back with.
 
-    Declared charset first, then UTF-8 (the usual lie), then latin-1, which reads anything.
+    Declared charset first, then UTF-8 (the usual lie), then latin-1, which reads anything;
+    UTF-16 or UTF-7 with broken bytes is read with replacement characters instead, as any
+    other reading would hide an address from the scrubber but not from the reader.
     """
-    data = _strict_payload(entity)
-    if declared is None or data is None:
-        return None
+    spend()
     for codec in (declared, "utf-8"):
         try:
             return data.decode(codec), codec
         except UnicodeError:
-            continue
+            if declared in charsets.ASCII_INCOMPATIBLE:
+                return data.decode(declared, "replace"), declared
     return data.decode("latin-1"), "latin-1"
 
 
-def _strict_payload(entity: Entity) -> bytes | None:
-    """Like :func:`payload`, but None for a base64 body with anything but base64 in it,
-    which :func:`payload` would turn into garbage (padding may be missing)."""
+def _shown(entity: Entity, declared: str | None, replacements: Mapping[str, str]) -> bytes | None:
+    """The leaf's content; None for a body that is not the base64 it claims to be (then
+    :func:`payload` would make garbage of it), unless that garbage, which lenient mail
+    programs show too, holds a real address: then it is what goes out, scrubbed."""
     if entity.cte != "base64":
         return payload(entity)
     compact = entity.body.translate(None, b" \t\r\n")
     try:
         return binascii.a2b_base64(compact + b"=" * (-len(compact) % 4), strict_mode=True)
     except binascii.Error:
-        return None
+        lenient = payload(entity)
+    text = lenient.decode(declared or "latin-1", "replace")
+    return lenient if scrub_text(text, replacements) != text else None
 
 
 def _opaque(entity: Entity, replacements: Mapping[str, str]) -> Entity:
@@ -441,7 +450,7 @@ def _opaque(entity: Entity, replacements: Mapping[str, str]) -> Entity:
 
     A broken base64 body is scrubbed as it stands, a readable one decoded and re-encoded.
     """
-    data = _strict_payload(entity)
+    data = _shown(entity, None, replacements)
     if data is None:
         return _within_limit(replace(entity, body=scrub_bytes(entity.body, replacements)))
     new = scrub_bytes(data, replacements)
@@ -477,11 +486,16 @@ def _with_params(main: str, params: Mapping[str, str]) -> str:
 def _transfer_encode(data: bytes, entity: Entity) -> bytes:
     """Encode like the original body: same encoding, same line ending, same trailing break.
 
-    No quoted-printable line starts with ``--``: a soft break could otherwise make a line of
-    text the delimiter of the enclosing multipart."""
+    Quoted-printable keeps the line breaks of ``data`` as line breaks only when they are all
+    alike: the encoder writes them all as the first one, so mixed ones are encoded instead
+    (``=0D=0A``) and decode as they were. No quoted-printable line starts with ``--``: a
+    soft break could otherwise make a line of text the delimiter of the enclosing multipart.
+    """
     if entity.cte == "quoted-printable":
-        encoded = _LEADING_DASH.sub(b"\n=2D", b"\n" + binascii.b2a_qp(data, istext=True))
-        return encoded[1:]
+        breaks = data.count(b"\n")
+        alike = data.count(b"\r") in (0, breaks) and data.count(b"\r\n") in (0, breaks)
+        encoded = binascii.b2a_qp(data, istext=alike)
+        return _LEADING_DASH.sub(b"\n=2D", b"\n" + encoded)[1:]
     if entity.cte != "base64":
         return data
     old = entity.body

@@ -133,7 +133,7 @@ def stdlib_fold(name: str, value: str, newline: bytes) -> bytes:
     except Exception:
         text = value.encode("utf-8", "replace").decode("utf-8")
         folded = HeaderRegistry(use_default_map=False)(name, text).fold(policy=folding)
-    return folded.encode("ascii", "replace")
+    return folded.encode("utf-8", "surrogatepass")
 
 
 def stdlib_decoded(found: Field) -> str:
@@ -184,8 +184,15 @@ def stdlib_only() -> Iterator[None]:
 
 
 def assert_folds_like_the_stdlib(name: str, value: str, *, fast: bool = False) -> None:
+    """The stdlib folds the value made safe (control characters and encoded words
+    defused); where its result is not one well-formed field, ``fold`` must give one."""
     for newline in (b"\r\n", b"\n"):
-        assert fold(name, value, newline) == stdlib_fold(name, value, newline)
+        linesep = newline.decode("ascii")
+        expected = stdlib_fold(name, mime.safe_value(value), newline)
+        if expected.isascii() and mime._well_folded(expected.decode("ascii"), linesep):
+            assert fold(name, value, newline) == expected
+        else:
+            assert mime._well_folded(fold(name, value, newline).decode("ascii"), linesep)
     if fast and len(name) + 2 + len(value) <= 78:
         assert mime._plain_line(name, value) is not None
 

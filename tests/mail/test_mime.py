@@ -254,7 +254,7 @@ def test_refolded_changes_only_the_fields_given_a_value() -> None:
     root = parse(b"\xef\xbb\xbfA: 1\nB: x\n folded\nC: 3\n\nbody")
     assert root.refolded(lambda found: None) is root
     changed = root.refolded(lambda found: "caf\xe9" if found.key == "b" else None)
-    assert changed.header == b"\xef\xbb\xbfA: 1\nB: =?utf-8?q?caf=C3=A9?=\nC: 3\n\n"
+    assert changed.header == b"\xef\xbb\xbfA: 1\nB: =?utf-8?b?Y2Fmw6k=?=\nC: 3\n\n"
     assert changed.body == b"body"
     assert parse(b"A: 1").refolded(lambda found: "2").header == b"A: 2\r\n\r\n"
 
