@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from mailveil.config import ConfigError, HostPort, from_env
+from mailveil.delivery.transport import TlsMode
 
 
 def test_defaults_run_embedded() -> None:
@@ -47,6 +48,10 @@ def test_values_are_read() -> None:
     ("UNVERIFIED_SENDERS", "drop"),
     ("DNS", "resolver.example"),
     ("BANNER_STYLE", "color:red\"><script>"),
+    ("SMARTHOST_TLS", "always"),
+    ("SMARTHOST_CA", "/nonexistent/ca.pem"),
+    ("TLS_CERT", "/nonexistent/cert.pem"),
+    ("TLS_KEY", "/nonexistent/key.pem"),
 ])
 def test_wrong_values_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=f"^MAILVEIL_{name}"):
@@ -73,3 +78,25 @@ def test_unverified_senders_are_marked_unless_refused() -> None:
 def test_prefixes_must_differ() -> None:
     with pytest.raises(ConfigError, match="PREFIX"):
         from_env({"MAILVEIL_SUPPLIER_PREFIX": "customer-"})
+
+
+def test_tls_settings(tmp_path: Path) -> None:
+    s = from_env({})
+    assert (s.smarthost_tls, s.smarthost_implicit_tls, s.smarthost_ca) == (
+        TlsMode.OPPORTUNISTIC, False, None)
+    assert (s.tls_cert, s.tls_key) == (None, None)
+    pem = tmp_path / "pair.pem"
+    pem.write_text("checked when the listener loads it")
+    s = from_env({"MAILVEIL_SMARTHOST": "smtps://relay.example.net",
+                  "MAILVEIL_SMARTHOST_TLS": "Required", "MAILVEIL_SMARTHOST_CA": str(pem),
+                  "MAILVEIL_TLS_CERT": str(pem)})
+    assert (s.smarthost, s.smarthost_implicit_tls) == (HostPort("relay.example.net", 465), True)
+    assert (s.smarthost_tls, s.smarthost_ca, s.tls_cert, s.tls_key) == (
+        TlsMode.REQUIRED, pem, pem, None)
+    s = from_env({"MAILVEIL_SMARTHOST": "smtp://relay.example.net:587"})
+    assert (s.smarthost, s.smarthost_implicit_tls) == (HostPort("relay.example.net", 587), False)
+    with pytest.raises(ConfigError, match=r"^MAILVEIL_SMARTHOST_TLS"):
+        from_env({"MAILVEIL_SMARTHOST": "smtps://relay.example.net:465",
+                  "MAILVEIL_SMARTHOST_TLS": "off"})
+    with pytest.raises(ConfigError, match=r"^MAILVEIL_TLS_KEY"):
+        from_env({"MAILVEIL_TLS_KEY": str(pem)})
