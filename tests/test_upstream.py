@@ -3,9 +3,9 @@
 mailveil reaches past three public APIs, each for a measured reason:
 
 * aiosmtpd 1.4's ``SMTP`` (mailveil/smtp/protocol.py): it overrides ``_timeout_cb``,
-  ``_call_handler_hook`` and ``_getaddr``, calls ``_set_post_data_state`` and
-  ``_reset_timeout``, reads ``_reader``/``_writer``, and replaces ``smtp_DATA`` with a
-  chunked reader modelled on 1.4's;
+  ``_call_handler_hook``, ``_getaddr``, ``smtp_STARTTLS`` and ``handle_exception``,
+  calls ``_set_post_data_state`` and ``_reset_timeout``, reads ``_reader``/``_writer``,
+  and replaces ``smtp_DATA`` with a chunked reader modelled on 1.4's;
 * asyncio's ``StreamReader._buffer`` (same module): to drop unread input on a ``421``, to
   see data sent before our ``354``, and to hand back commands pipelined after the data;
 * dkimpy's ``hash_headers``, ``rfc822_parse``, ``fold`` and ``CanonicalizationPolicy``
@@ -57,6 +57,10 @@ AIOSMTPD = {
     "connection_made": "77a45df5065bba34",  # sets _reader and _writer
     "_handle_client": "0e4d096403af6c74",  # the command loop that reads _reader
     "push": "15f4f1de5e30c337",  # overridden: a 421 hangs up, multiline in one write
+    # Extended: a handshake we cut short ends the session; connection_made (above) drops
+    # what was pipelined behind STARTTLS in clear.
+    "smtp_STARTTLS": "6565289f4131fa13",
+    "handle_exception": "33be80d97d2d75ee",  # overridden: a failed handshake is a log line
 }
 
 DKIMPY: dict[str, tuple[Callable[..., Any], str]] = {
