@@ -373,11 +373,6 @@ def queue_outbounds(s: Session, messages: Sequence[NewOutbound], now: datetime) 
                                        [_outbound_values(m, now) for m in messages]))
 
 
-def queue_outbound(s: Session, msg: NewOutbound, now: datetime) -> int:
-    [outbound_id] = queue_outbounds(s, [msg], now)
-    return outbound_id
-
-
 def _outbound_values(msg: NewOutbound, now: datetime) -> dict[str, Any]:
     return {"inbound_id": msg.inbound_id, "booking_id": msg.booking_id, "kind": msg.kind,
             "recipient_role": msg.recipient_role.value if msg.recipient_role else None,

@@ -44,10 +44,10 @@ class AnswersByRecipient:
 
 def queue(sessions: sessionmaker[Session], rcpts: list[str]) -> list[int]:
     with sessions() as s, s.begin():
-        return [repo.queue_outbound(s, repo.NewOutbound(
+        return repo.queue_outbounds(s, [repo.NewOutbound(
             kind=OutboxKind.NOTICE, inbound_id=None, booking_id=None, recipient_role=None,
             bounce_token=f"{i:020x}", mail_from="", rcpt_to=rcpt, message_id=f"<{i}@x>",
-            raw=b"Subject: s\r\n\r\nbody\r\n"), NOW) for i, rcpt in enumerate(rcpts)]
+            raw=b"Subject: s\r\n\r\nbody\r\n") for i, rcpt in enumerate(rcpts)], NOW)
 
 
 def test_each_verdict_is_recorded(sessions: sessionmaker[Session]) -> None:

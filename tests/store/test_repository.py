@@ -88,10 +88,8 @@ def test_claims_stop_at_the_batch_byte_budget(sessions: sessionmaker[Session],
     with sessions() as s, s.begin():
         ids = [repo.store_inbound(s, mail_from="a@x", rcpt_to=["b@y"], raw=RAW, scan="clean",
                                   now=NOW) for _ in range(5)]
-        for i in ids:
-            repo.queue_outbound(s, repo.NewOutbound(OutboxKind.NOTICE, i, None, None,
-                                                    f"{i:020x}", "", "r@x", f"<{i}@x>", RAW),
-                                NOW)
+        repo.queue_outbounds(s, [repo.NewOutbound(OutboxKind.NOTICE, i, None, None, f"{i:020x}",
+                                                  "", "r@x", f"<{i}@x>", RAW) for i in ids], NOW)
     lease = timedelta(minutes=5)
     with sessions() as s, s.begin():
         assert [c.id for c in repo.claim_inbound(s, limit=5, now=NOW, lease=lease)] == ids[:2]

@@ -26,10 +26,10 @@ def message(s: Session, when: datetime, *, state: OutboxState = OutboxState.DELI
               .values(state=InboundState.PROCESSED))
     repo.add_archive_entry(s, repo.ArchiveEntry(inbound_id, None, Role.CUSTOMER, "s", "relayed",
                                                 ""), when)
-    outbound_id = repo.queue_outbound(s, repo.NewOutbound(
+    [outbound_id] = repo.queue_outbounds(s, [repo.NewOutbound(
         kind=OutboxKind.RELAY, inbound_id=inbound_id, booking_id=None, recipient_role=Role.SUPPLIER,
         bounce_token=f"{inbound_id:020x}", mail_from="b@x", rcpt_to="s@example.org",
-        message_id="<m@x>", raw=b"To: s\r\n\r\nbody\r\n"), when)
+        message_id="<m@x>", raw=b"To: s\r\n\r\nbody\r\n")], when)
     s.execute(update(OutboundRow).where(OutboundRow.id == outbound_id).values(state=state))
     repo.record_attempts(s, [repo.Attempt(outbound_id, 250, "ok", "delivered")], when)
     return inbound_id

@@ -108,9 +108,9 @@ def leased_messages(sessions: sessionmaker[Session], owner: Holder) -> None:
     with sessions() as s, s.begin():
         inbound_id = repo.store_inbound(s, mail_from="a@x", rcpt_to=["b@y"], raw=RAW,
                                         scan="clean", now=NOW)
-        repo.queue_outbound(s, repo.NewOutbound(OutboxKind.NOTICE, inbound_id, None, None,
-                                                f"{inbound_id:024x}", "", "r@x",
-                                                f"<{inbound_id}@x>", RAW), NOW)
+        repo.queue_outbounds(s, [repo.NewOutbound(OutboxKind.NOTICE, inbound_id, None, None,
+                                                  f"{inbound_id:024x}", "", "r@x",
+                                                  f"<{inbound_id}@x>", RAW)], NOW)
         assert repo.claim_inbound(s, limit=5, now=NOW, lease=LEASE, holder=owner.id)
         assert repo.claim_outbound(s, limit=5, now=NOW, lease=LEASE, holder=owner.id)
 
