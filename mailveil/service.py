@@ -223,6 +223,10 @@ async def _heartbeat(rt: Runtime, me: workers.Lessee, wake: tuple[asyncio.Event,
         except DATABASE_UNAVAILABLE:
             log.warning("worker: database unavailable for the heartbeat")
             continue
+        except Exception:  # a missed beat, never the process (see _loop)
+            log.exception("worker: the heartbeat raised")
+            ERRORS.labels(stage="heartbeat").inc()
+            continue
         if dead:
             _reaped(dead)
             for event in wake:
