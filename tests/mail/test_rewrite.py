@@ -298,16 +298,13 @@ LINE_PIECES = [b"a", b"x.y ", b"<p>", b"\t", b"\xe9", b"=", b"--b"]
 
 @st.composite
 def text_lines(draw: st.DrawFn, *, eight_bit: bool) -> bytes:
-    """CRLF lines of up to 2,500 characters, a few of them over the limit."""
+    """Lines of up to 2,500 characters, a few of them over the limit, mostly ending in CRLF
+    (what the listener stores), at times in a bare LF or CR (what ``rewrite`` may be given)."""
     pieces = [p for p in LINE_PIECES if eight_bit or p.isascii()]
-    lines = draw(
-        st.lists(
-            st.builds(operator.mul, st.sampled_from(pieces), st.integers(0, 800)),
-            min_size=1,
-            max_size=4,
-        )
-    )
-    return b"\r\n".join(lines) + b"\r\n"
+    line = st.builds(operator.mul, st.sampled_from(pieces), st.integers(0, 800))
+    end = st.sampled_from([b"\r\n", b"\r\n", b"\r\n", b"\n", b"\r"])
+    lines = draw(st.lists(st.builds(operator.add, line, end), min_size=1, max_size=4))
+    return b"".join(lines)
 
 
 @st.composite

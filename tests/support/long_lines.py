@@ -25,8 +25,8 @@ class Leaf(NamedTuple):
 
 
 def decoded_leaves(raw: bytes) -> list[Leaf]:
-    """Every leaf as the stdlib reads it, forwarded messages opened, text line ends made
-    CRLF: an independent reading of what a recipient gets."""
+    """Every leaf as the stdlib reads it, forwarded messages opened: an independent reading
+    of what a recipient gets."""
     found: list[Leaf] = []
     for part in email.message_from_bytes(raw, policy=policy.compat32).walk():
         if part.is_multipart():
@@ -36,7 +36,5 @@ def decoded_leaves(raw: bytes) -> list[Leaf]:
         if part.get_content_type() in ("message/rfc822", "message/global"):
             found.extend(decoded_leaves(data))
             continue
-        if part.get_content_maintype() == "text":
-            data = re.sub(rb"\r?\n", b"\r\n", data)
         found.append(Leaf(part.get_content_type(), part.get_filename(), data))
     return found
