@@ -7,12 +7,13 @@ instead of surfacing as a puzzling error deep inside a delivery attempt.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
 from mailveil.delivery.transport import TlsMode
+from mailveil.smtp.limits import Limits, Rate, parse_networks, parse_rate
 
 PREFIX = "MAILVEIL_"
 MAX_HORIZON_DAYS = 36525
@@ -57,6 +58,7 @@ class Settings:
     max_message_bytes: int = 14 * 1024 * 1024
     smtp_timeout: timedelta = timedelta(minutes=5)
     smtp_max_connections: int = 1000
+    limits: Limits = field(default_factory=Limits)  # per client address and per sender
     retry_for: timedelta = timedelta(days=3)
     retry_first: timedelta = timedelta(seconds=60)
     retry_max_interval: timedelta = timedelta(hours=1)
@@ -101,6 +103,34 @@ def _positive_int(name: str, value: str) -> int:
     if not value.isdigit() or int(value) <= 0:
         raise ConfigError(f"{PREFIX}{name}: expected a positive whole number, got {value!r}")
     return int(value)
+
+
+def _rate(name: str, value: str) -> Rate:
+    rate = parse_rate(value)
+    if rate is None:
+        raise ConfigError(f"{PREFIX}{name}: expected count/seconds such as 20/600, got {value!r}")
+    return rate
+
+
+def _limits(get: Callable[[str], str | None]) -> Limits:
+    values: dict[str, object] = {}
+    for name, attr in (("SMTP_MAX_PER_CLIENT", "max_per_client"),
+                       ("SMTP_SESSION_SECONDS", "session_seconds"),
+                       ("SMTP_MIN_DATA_RATE", "min_data_rate"),
+                       ("SMTP_COOLDOWN_SECONDS", "cooldown_seconds")):
+        if (v := get(name)) is not None:
+            values[attr] = _positive_int(name, v)
+    for name, attr in (("SMTP_CONNECT_RATE", "connect_rate"),
+                       ("SMTP_UNKNOWN_RCPT_RATE", "harvest"), ("RATE_SENDER", "sender")):
+        if (v := get(name)) is not None:
+            values[attr] = _rate(name, v)
+    if (v := get("SMTP_LIMIT_EXEMPT")) is not None:
+        networks = parse_networks(v)
+        if networks is None:
+            raise ConfigError(f"{PREFIX}SMTP_LIMIT_EXEMPT: expected networks such as "
+                              f"192.0.2.0/24, 2001:db8::/32 or none, got {v!r}")
+        values["exempt"] = networks
+    return Limits(**values)  # type: ignore[arg-type]
 
 
 def _prefix(name: str, value: str) -> str:
@@ -190,6 +220,7 @@ def from_env(env: Mapping[str, str]) -> Settings:
         values["smtp_timeout"] = timedelta(seconds=_positive_int("SMTP_TIMEOUT", v))
     if (v := get("SMTP_MAX_CONNECTIONS")) is not None:
         values["smtp_max_connections"] = _positive_int("SMTP_MAX_CONNECTIONS", v)
+    values["limits"] = _limits(get)
     if (v := get("PLATFORM_NAME")) is not None:
         values["platform_name"] = v
     if (v := get("DISPLAY_NAME")) is not None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
@@ -26,6 +26,12 @@ ERRORS = Counter("mailveil_unexpected_errors",
 ATTEMPTS = Counter("mailveil_delivery_attempts", "Delivery attempts", ["outcome"])
 SCAN_SECONDS = Histogram("mailveil_scan_seconds", "Virus scan time per message")
 DNS_SECONDS = Histogram("mailveil_dns_check_seconds", "SPF/DKIM/DMARC check time per message")
+LIMIT = Gauge("mailveil_limit", "The configured limits per client address and per sender "
+              "(counts, seconds, bytes per second; see the README)", ["name"])
+LIMIT_REFUSED = Counter("mailveil_limit_refusals",
+                        "Sessions, recipients and messages refused by a limit", ["limit"])
+COOLDOWNS = Counter("mailveil_harvest_cooldowns",
+                    "Client addresses put in cool-down for trying unknown relay addresses")
 
 
 class QueueCollector(Collector):

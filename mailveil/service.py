@@ -33,7 +33,7 @@ from mailveil.metrics import ERRORS
 from mailveil.pipeline.compose import Voice
 from mailveil.pipeline.process import Pipeline, Processor
 from mailveil.scan.clamd import Clamd, scan_message
-from mailveil.smtp import listener, protocol, tls
+from mailveil.smtp import anvil, listener, protocol, tls
 from mailveil.smtp.backend import StoreBackend
 from mailveil.store import workers
 from mailveil.store.db import DATABASE_UNAVAILABLE, make_engine, migrate, session_factory
@@ -133,8 +133,11 @@ async def run_smtp(rt: Runtime) -> None:
     backend = StoreBackend(rt.sessions, address_book(s))
     authenticate = functools.partial(check, resolver=make_resolver(s.dns),
                                      refuse_unverified=s.refuse_unverified)
-    handler = listener.RelayHandler(backend, scanner(s), authenticate, on_accept=rt.doorbell.ring)
-    connections = protocol.ConnectionLimit(s.smtp_max_connections)
+    limits = anvil.Anvil(s.limits, rt.sessions)
+    handler = listener.RelayHandler(backend, scanner(s), authenticate, on_accept=rt.doorbell.ring,
+                                    anvil=limits)
+    connections = protocol.ConnectionLimit(s.smtp_max_connections, limits)
+    sharing = asyncio.create_task(limits.run(rt.stopping))
     certificate = tls.ServerCertificate(
         tls.KeyPair(s.tls_cert, s.tls_key or s.tls_cert) if s.tls_cert is not None
         else tls.generated_pair(s.data_dir, s.relay_domain, now()))
@@ -150,6 +153,8 @@ async def run_smtp(rt: Runtime) -> None:
     server.close()
     await protocol.drain(connections, SMTP_DRAIN_SECONDS)
     await server.wait_closed()
+    await sharing
+    await limits.stop()
 
 
 def _transports(settings: Settings, count: int) -> list[Transport]:

@@ -30,8 +30,10 @@ from mailveil.metrics import (
 )
 from mailveil.scan.clamd import ScannerUnavailable
 from mailveil.smtp import replies
+from mailveil.smtp.anvil import Anvil
 from mailveil.smtp.commit import Accepted, GroupCommit
 from mailveil.smtp.gate import Lookup, rcpt_reply
+from mailveil.smtp.limits import Limits
 from mailveil.smtp.tls import negotiated
 
 log = logging.getLogger(__name__)
@@ -78,10 +80,16 @@ def unexpected(stage: str) -> str:
     return replies.S451_INTERNAL.format(trace=trace)
 
 
+def _peer_address(session: Session) -> str:
+    return str(session.peer[0]) if isinstance(session.peer, tuple) else str(session.peer)
+
+
 class RelayHandler:
     def __init__(self, backend: Backend, scanner: Scanner, authenticate: Authenticator,
-                 on_accept: Callable[[], None] = lambda: None) -> None:
+                 on_accept: Callable[[], None] = lambda: None, anvil: Anvil | None = None
+                 ) -> None:
         self._backend = backend
+        self._anvil = anvil or Anvil(Limits())
         self._scanner = scanner
         self._authenticate = authenticate
         self._on_accept = on_accept
@@ -117,6 +125,9 @@ class RelayHandler:
         if refused >= MAX_REFUSED_RCPTS:
             log.warning("too many refused recipients", extra={"peer": str(session.peer)})
             return replies.S421_TOO_MANY_REFUSED
+        cooled = self._anvil.cooled(_peer_address(session))
+        if cooled is not None:
+            return cooled
         try:
             lookup = await asyncio.to_thread(self._backend.lookup, address)
         except Exception:
@@ -126,6 +137,8 @@ class RelayHandler:
         if refusal is not None:
             self._refused[session] = refused + 1
             RCPT_REFUSED.labels(code=refusal[:9]).inc()
+            if refusal == replies.S550_UNKNOWN:
+                self._anvil.unknown_recipient(_peer_address(session))
             return refusal
         envelope.rcpt_tos.append(address)
         return replies.S250_RCPT_OK
@@ -136,7 +149,9 @@ class RelayHandler:
         sender = envelope_sender(envelope)
         sender_check = SenderCheck.NOT_CHECKED
         if sender:  # a bounce proves itself with its VERP token, which only receivers know
-            refusal, sender_check = await self._check_sender(raw, session, sender)
+            refusal = self._anvil.sender_reply(sender, envelope.rcpt_tos)
+            if refusal is None:
+                refusal, sender_check = await self._check_sender(raw, session, sender)
             if refusal is not None:
                 return refusal
         try:
@@ -154,6 +169,8 @@ class RelayHandler:
             DEFERRED.labels(reason="store").inc()
             return replies.S451_STORE_DOWN
         ACCEPTED.inc()
+        if sender:
+            self._anvil.sent(sender, envelope.rcpt_tos)
         self._on_accept()
         log.info("accepted", extra={"inbound_id": inbound_id, "size": len(raw),
                                     "rcpts": len(envelope.rcpt_tos)})
@@ -165,9 +182,8 @@ class RelayHandler:
         and what the check proved of the sender.
 
         The RCPT gate trusted MAIL FROM; SPF, DKIM and DMARC decide whether to."""
-        peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
         with DNS_SECONDS.time():
-            result = await self._authenticate(raw, client_ip=peer,
+            result = await self._authenticate(raw, client_ip=_peer_address(session),
                                               helo=session.host_name or "", mail_from=sender)
         if result.verdict is Verdict.ACCEPT:
             return None, SenderCheck.VERIFIED if result.verified else SenderCheck.UNVERIFIED

@@ -345,11 +345,16 @@ class RelaySMTP(SMTP):
 
     @syntax("STARTTLS", when="tls_context")
     async def smtp_STARTTLS(self, arg: str) -> None:
-        """aiosmtpd's, and a handshake we cut short (idle timeout, shutdown) ends the session.
+        """aiosmtpd's, once per connection, and a handshake we cut short (idle timeout,
+        shutdown) ends the session.
 
-        asyncio reports such a handshake as done, without calling ``connection_made`` or
-        ever ``connection_lost``: the session would wait for ever on a dead stream, holding
-        its slot. A client that sent STARTTLS and nothing more would leak one a timeout."""
+        aiosmtpd would start TLS inside TLS as often as asked, each time with a new session
+        (and a new count of refused recipients). asyncio reports a handshake cut short as
+        done, without calling ``connection_made`` or ever ``connection_lost``: the session
+        would wait for ever on a dead stream, holding its slot."""
+        if self._tls_protocol is not None:
+            await self.push(replies.S554_TLS_ACTIVE)
+            return
         await super().smtp_STARTTLS(arg)
         session = self.session
         if self._tls_protocol is not None and session is not None and session.ssl is None:

@@ -31,3 +31,17 @@ S554_EARLY_DATA: Final = ("554 5.5.0 Message data sent before the 354 reply; "
                           "wait for it (RFC 2920), closing connection")
 S554_NUL: Final = ("554 5.6.0 Message contains a NUL character (byte 0), which mail text "
                    "cannot carry; binary data must be encoded")
+S554_TLS_ACTIVE: Final = "554 5.5.1 TLS is already active"  # RFC 3207 4.2, Postfix's words
+
+# Limits per client address and per sender (mailveil/smtp/limits.py).
+S421_CLIENT_SESSIONS: Final = ("421 4.7.0 Too many simultaneous connections from your address "
+                               "(at most {limit}), please try again later")
+S421_CLIENT_RATE: Final = ("421 4.7.0 Too many new connections from your address (at most "
+                           "{count} in {seconds} seconds), please try again later")
+S421_SESSION_TOO_LONG: Final = ("421 4.7.0 Session took too long or data arrived too slowly, "
+                                "closing connection")
+S421_COOLDOWN: Final = ("421 4.7.0 Too many unknown relay addresses from your address, "
+                        "please try again in {minutes} minutes")
+S451_SENDER_RATE: Final = ("451 4.7.1 Too many messages from this sender to this conversation "
+                           "(at most {count} in {seconds} seconds), please try again in "
+                           "{retry} seconds")

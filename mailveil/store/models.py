@@ -208,3 +208,37 @@ class WorkerRow(Base):
     pid_started: Mapped[int] = mapped_column(BigInteger)  # clock ticks after boot
     started_at: Mapped[datetime]
     heartbeat_at: Mapped[datetime]
+
+
+class LimitCountRow(Base):
+    """Events that limits count (new sessions, unknown recipients, messages of a sender),
+    per key and time bucket, summed over every listener (mailveil/store/limits.py)."""
+
+    __tablename__ = "limit_counts"
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    count: Mapped[int]
+
+    __table_args__ = (Index("ix_limit_counts_bucket", "kind", "bucket"),)
+
+
+class LimitSessionRow(Base):
+    """The sessions one listener process holds open per client address, as of ``seen_at``."""
+
+    __tablename__ = "limit_sessions"
+
+    listener: Mapped[str] = mapped_column(String(32), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    active: Mapped[int]
+    seen_at: Mapped[datetime]
+
+
+class LimitCooldownRow(Base):
+    """A client address refused until ``until`` (address harvesting)."""
+
+    __tablename__ = "limit_cooldowns"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    until: Mapped[datetime]
