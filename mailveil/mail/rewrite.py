@@ -91,7 +91,6 @@ KEPT_HEADERS = frozenset(
         "content-transfer-encoding",
         "content-disposition",
         "content-language",
-        "content-id",
         "subject",
         "date",
         "auto-submitted",
@@ -104,7 +103,10 @@ KEPT_HEADERS = frozenset(
         "precedence",
     }
 )
-"""Top-level headers that reveal nothing about the sender's mailbox; all others are dropped."""
+"""Top-level headers that reveal nothing about the sender's mailbox; all others are dropped.
+
+Not a top-level Content-ID: nothing refers to the whole message by it, and programs build it
+from the sender's address (``<cid.ann@customer.example>``)."""
 
 SEALED = frozenset({"multipart/signed", "multipart/encrypted"})
 FORWARDED = frozenset({"message/rfc822", "message/global"})

@@ -8,6 +8,7 @@ from mailveil.mail.scrub import may_name_address, scrub_bytes, scrub_filename, s
 
 RELAY = "customer-12ab3456cd78@reply.example.com"
 REPLACEMENTS = {"ann.l+x@example.org": RELAY}
+RELAY_IN_HTML = RELAY.replace("@", "&#64;")
 
 
 CONTEXTS = [
@@ -90,3 +91,34 @@ def test_in_file_names_only_letters_and_digits_extend_an_address(name: str, expe
 )
 def test_may_name_address_is_false_only_without_any_at_spelling(text: str, may: bool) -> None:
     assert may_name_address(text) is may
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Write &#97;nn.l+x@example.org now", f"Write {RELAY} now"),
+        ("ann.l+x@example&#46;org.", f"{RELAY}."),
+        ('<a href="mailto:%61nn.l%2Bx%40example.org">Ann</a>', f'<a href="mailto:{RELAY}">Ann</a>'),
+        ("ann.l+x\uff20example.org", RELAY),
+        ("\uff41\uff4e\uff4e.l+x\uff20example.org!", f"{RELAY}!"),
+        ("ann.l+x\u200b@example.org", RELAY),
+        ("ann.l\u00ad+x@exam\u200bple.org", RELAY),
+        ("50%25 &amp; ann.l+x&#64;example.org ไทย", f"50%25 &amp; {RELAY_IN_HTML} ไทย"),
+        ("ann.l+x@example\uff0eorg", RELAY),
+        ("joann.l+x&#64;example&#46;org", "joann.l+x&#64;example&#46;org"),
+        ("ann.l+x\uff20example.org.uk", "ann.l+x\uff20example.org.uk"),
+    ],
+)
+def test_veiled_spellings_are_found_once_normalised(text: str, expected: str) -> None:
+    """Entities, percent escapes, compatible and invisible characters (issue 16.5): what
+    spells an address is replaced, the text around it is left as it was."""
+    assert scrub_text(text, REPLACEMENTS) == expected
+
+
+def test_long_texts_are_scrubbed_veiled_or_not() -> None:
+    """Every occurrence is found, with and without normalising, and the pieces between
+    matches are mapped back to their own spelling (``%41`` and ``\uff20`` stay)."""
+    plain = "ไทย ann.l+x@example.org " * 5_000
+    assert scrub_text(plain, REPLACEMENTS) == f"ไทย {RELAY} " * 5_000
+    veiled = "&#97;nn.l+x@example.org %41 \uff20 " * 5_000
+    assert scrub_text(veiled, REPLACEMENTS) == f"{RELAY} %41 \uff20 " * 5_000
