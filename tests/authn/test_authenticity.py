@@ -1,4 +1,4 @@
-"""SPF, DKIM and DMARC against a real DNS server on loopback (bench/dns_server.py).
+"""The From rule, DKIM and DMARC against a real DNS server on loopback (bench/dns_server.py).
 
 Client addresses are documentation ranges (RFC 5737, RFC 3849): data for SPF, never
 contacted.
@@ -7,10 +7,8 @@ contacted.
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import dkim
@@ -19,53 +17,13 @@ import pytest
 from bench.dns_server import running_dns
 from mailveil.authn import authenticity
 from mailveil.authn.authenticity import Authenticity, FromShape, Verdict, check
-from mailveil.authn.lookup import DNS_TIMEOUT, make_resolver
-from mailveil.authn.spf import check_spf
+from mailveil.authn.lookup import make_resolver
 from mailveil.mail.dkim import dns_txt_record, load_or_create_key, sign
 
 GOOD_IP = "192.0.2.10"  # in shop.example's SPF record
 BAD_IP = "203.0.113.9"  # in nobody's
 SELECTOR = "sel"
 SIGNING_DOMAINS = ("shop.example", "mail.shop.example", "mail.strict.example", "esp.example")
-
-
-def _spf_zone() -> dict[tuple[str, str], list[str]]:
-    ten = "a " * 10
-    return {
-        ("pass.example.", "TXT"): ["v=spf1 ip4:192.0.2.0/24 -all"],
-        ("soft.example.", "TXT"): ["v=spf1 ip4:192.0.2.0/24 ~all"],
-        ("open.example.", "TXT"): ["v=spf1 ip4:192.0.2.0/24"],
-        ("include.example.", "TXT"): ["v=spf1 include:pass.example -all"],
-        ("include-none.example.", "TXT"): ["v=spf1 include:absent.example ip4:203.0.113.0/24"],
-        ("redirect.example.", "TXT"): ["v=spf1 redirect=soft.example"],
-        ("a.example.", "TXT"): ["v=spf1 a/24 -all"],
-        ("a.example.", "A"): ["192.0.2.200"],
-        ("mx.example.", "TXT"): ["v=spf1 mx -all"],
-        ("mx.example.", "MX"): ["10 in.mx.example."],
-        ("in.mx.example.", "A"): ["198.51.100.25"],
-        ("manymx.example.", "TXT"): ["v=spf1 mx -all"],
-        ("manymx.example.", "MX"): [f"{i} in.mx.example." for i in range(11)],
-        ("v6.example.", "TXT"): ["v=spf1 ip4:192.0.2.0/24 a//64 -all"],
-        ("v6.example.", "AAAA"): ["2001:db8::1"],
-        ("loop.example.", "TXT"): ["v=spf1 include:loop.example -all"],
-        ("ten.example.", "TXT"): [f"v=spf1 {ten}ip4:192.0.2.0/24 -all"],
-        ("eleven.example.", "TXT"): [f"v=spf1 {ten}a ip4:192.0.2.0/24 -all"],
-        ("ten.example.", "A"): ["198.51.100.1"],
-        ("eleven.example.", "A"): ["198.51.100.1"],
-        ("void2.example.", "TXT"): ["v=spf1 a:x.absent.example a:y.absent.example "
-                                    "ip4:192.0.2.0/24 -all"],
-        ("void3.example.", "TXT"): ["v=spf1 a:x.absent.example a:y.absent.example "
-                                    "a:z.absent.example ip4:192.0.2.0/24 -all"],
-        ("two.example.", "TXT"): ["v=spf1 -all", "v=spf1 +all"],
-        ("badip.example.", "TXT"): ["v=spf1 ip4:300.1.1.1 -all"],
-        ("late-error.example.", "TXT"): ["v=spf1 +all bogus"],
-        ("empty-redirect.example.", "TXT"): ["v=spf1 redirect="],
-        ("ptr.example.", "TXT"): ["v=spf1 ip4:192.0.2.0/24 ptr -all"],
-        ("macro.example.", "TXT"): ["v=spf1 exists:%{i}.spf.macro.example -all"],
-        ("exists.example.", "TXT"): ["v=spf1 exists:ok.exists.example -all"],
-        ("ok.exists.example.", "A"): ["127.0.0.2"],
-        ("nospf.example.", "TXT"): ["google-site-verification=abc"],
-    }
 
 
 def _mail_zone(key: bytes) -> dict[tuple[str, str], list[str]]:
@@ -96,20 +54,8 @@ def key(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 
 @pytest.fixture(scope="module")
 def nameserver(key: bytes) -> Iterator[str]:
-    with running_dns({**_spf_zone(), **_mail_zone(key)}) as (host, port):
+    with running_dns(_mail_zone(key)) as (host, port):
         yield f"{host}:{port}"
-
-
-@pytest.fixture
-def dead_nameserver() -> Iterator[str]:
-    """A UDP port that reads queries and never answers, as a crashed server's host does."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield f"127.0.0.1:{sock.getsockname()[1]}"
-
-
-def _spf(nameserver: str, domain: str, ip: str = GOOD_IP) -> str:
-    return asyncio.run(check_spf(make_resolver(nameserver), ip, domain))
 
 
 def _message(sender: str = "Ann <ann@shop.example>", body: bytes = b"See you at 8:00.") -> bytes:
@@ -131,68 +77,6 @@ def _check(nameserver: str, raw: bytes, *, ip: str = GOOD_IP,
     resolver = make_resolver(nameserver, timeout=timeout)
     return asyncio.run(check(raw, client_ip=ip, helo=helo, mail_from=mail_from,
                              resolver=resolver))
-
-
-# --- SPF --------------------------------------------------------------------------------
-
-@pytest.mark.parametrize(("domain", "ip", "expected"), [
-    ("pass.example", GOOD_IP, "pass"),
-    ("pass.example", BAD_IP, "fail"),
-    ("soft.example", BAD_IP, "softfail"),
-    ("open.example", BAD_IP, "neutral"),
-    ("include.example", GOOD_IP, "pass"),
-    ("include.example", BAD_IP, "fail"),
-    ("include-none.example", BAD_IP, "permerror"),
-    ("redirect.example", GOOD_IP, "pass"),
-    ("redirect.example", BAD_IP, "softfail"),
-    ("a.example", "192.0.2.77", "pass"),
-    ("a.example", "192.0.3.77", "fail"),
-    ("mx.example", "198.51.100.25", "pass"),
-    ("mx.example", "198.51.100.26", "fail"),
-    ("manymx.example", "198.51.100.25", "permerror"),
-    ("v6.example", "2001:db8::ffff", "pass"),
-    ("v6.example", "2001:db9::1", "fail"),
-    ("pass.example", "::ffff:192.0.2.10", "pass"),
-    ("exists.example", BAD_IP, "pass"),
-])
-def test_spf_mechanisms(nameserver: str, domain: str, ip: str, expected: str) -> None:
-    assert _spf(nameserver, domain, ip) == expected
-
-
-@pytest.mark.parametrize(("domain", "expected"), [
-    ("ten.example", "pass"),
-    ("eleven.example", "permerror"),
-    ("loop.example", "permerror"),
-    ("void2.example", "pass"),
-    ("void3.example", "permerror"),
-])
-def test_spf_lookup_limits(nameserver: str, domain: str, expected: str) -> None:
-    assert _spf(nameserver, domain) == expected
-
-
-@pytest.mark.parametrize(("domain", "expected"), [
-    ("absent.example", "none"),
-    ("nospf.example", "none"),
-    ("localhost", "none"),  # not a multi-label name
-    ("two.example", "permerror"),
-    ("badip.example", "permerror"),
-    ("late-error.example", "permerror"),  # checked before the +all that would match
-    ("empty-redirect.example", "permerror"),
-    ("Pass.Example.", "pass"),
-])
-def test_spf_records(nameserver: str, domain: str, expected: str) -> None:
-    assert _spf(nameserver, domain) == expected
-
-
-def test_spf_terms_not_implemented_give_neutral(nameserver: str) -> None:
-    assert _spf(nameserver, "ptr.example") == "pass"  # ip4 matched before ptr
-    assert _spf(nameserver, "ptr.example", BAD_IP) == "neutral"
-    assert _spf(nameserver, "macro.example", BAD_IP) == "neutral"
-
-
-def test_spf_temperror_when_dns_is_down(dead_nameserver: str) -> None:
-    resolver = make_resolver(dead_nameserver, timeout=0.3)
-    assert asyncio.run(check_spf(resolver, GOOD_IP, "pass.example")) == "temperror"
 
 
 # --- DKIM -------------------------------------------------------------------------------
@@ -433,25 +317,6 @@ def test_dkimpy_works_off_the_event_loop(
     assert result.dkim == (("shop.example", "pass"),)
     assert [name for name, _ in calls] == ["rfc822_parse"]  # the header block, for signatures
     assert calls[0][1] != loop_thread
-
-
-# --- Resolver ---------------------------------------------------------------------------
-
-def test_make_resolver_targets_one_server() -> None:
-    resolver = make_resolver("127.0.0.1:5353", timeout=2)
-    assert (resolver.nameservers, resolver.port, resolver.lifetime) == (["127.0.0.1"], 5353, 2)
-    assert make_resolver("[::1]:53").nameservers == ["::1"]
-
-
-@pytest.mark.parametrize("value", ["127.0.0.1", "127.0.0.1:", ":53", "127.0.0.1:dns"])
-def test_make_resolver_needs_host_and_port(value: str) -> None:
-    with pytest.raises(ValueError, match="host:port"):
-        make_resolver(value)
-
-
-@pytest.mark.skipif(not Path("/etc/resolv.conf").exists(), reason="no system resolver")
-def test_make_resolver_uses_the_system_resolver() -> None:
-    assert make_resolver(None).lifetime == DNS_TIMEOUT
 
 
 def test_a_header_block_led_by_a_continuation_line_is_read_not_crashed_on() -> None:
