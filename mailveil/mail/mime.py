@@ -479,9 +479,9 @@ def _encoded_words(text: str) -> list[str]:
     is shorter, as the rest of the relay's headers); longer runs, which only hostile mail
     has, are cut in base64 words here, in linear time.
     """
+    data = text.encode("utf-8", "replace")  # lone surrogates (undecodable bytes) too
     if len(text) <= _SHORT_RUN:
-        return Header(text, "utf-8").encode(maxlinelen=76).split() if text else []
-    data = text.encode("utf-8", "replace")
+        return Header(data.decode("utf-8"), "utf-8").encode(maxlinelen=76).split()
     words: list[str] = []
     start = 0
     while start < len(data):
