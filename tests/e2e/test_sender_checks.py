@@ -173,8 +173,9 @@ def test_other_sessions_complete_while_a_13_mib_message_is_received_and_checked(
         mailveil: Mailveil, held: Held) -> None:
     """Issue 12.4. The DNS server holds the answer for signed.example's DKIM key, so the big
     message stays in its authenticity check until the test lets it go; meanwhile another
-    client's whole transaction must complete. Its dkimpy work (parsing 13 MiB, verifying)
-    runs in a thread: tests/authn/test_authenticity.py proves where it runs."""
+    client's whole transaction must complete. Its dkimpy work (canonicalising and hashing
+    13 MiB, RSA) runs in a worker process: tests/authn/test_authenticity.py proves that it
+    never runs in the listener's process."""
     supplier = f"ops@{SIGNED_DOMAIN}"
     b = register(mailveil, "GYG-7003", supplier=supplier)
     raw = _big_signed(supplier, b["customer_relay_address"])
