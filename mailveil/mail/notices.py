@@ -23,8 +23,7 @@ from gettext import NullTranslations
 
 from mailveil.i18n import resolve, translator
 from mailveil.mail.bounces import UndeliverableCause
-from mailveil.mail.mime import header_text
-from mailveil.mail.rewrite import MAX_LINE
+from mailveil.mail.mime import MAX_LINE, header_text
 
 __all__ = ["Notice", "Reason", "UndeliverableCause", "build_notice"]
 

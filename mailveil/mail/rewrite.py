@@ -71,6 +71,7 @@ from mailveil.budget import spend
 from mailveil.mail import charsets
 from mailveil.mail.calendar import card_replacements, rewrite_card
 from mailveil.mail.mime import (
+    MAX_LINE,
     Entity,
     Field,
     Part,
@@ -110,9 +111,6 @@ from the sender's address (``<cid.ann@customer.example>``)."""
 
 SEALED = frozenset({"multipart/signed", "multipart/encrypted"})
 FORWARDED = frozenset({"message/rfc822", "message/global"})
-
-MAX_LINE = 998
-"""RFC 5322 2.1.1: the longest line, CRLF not counted, that SMTP servers must take."""
 
 MAX_FORWARD_DEPTH = 5
 """A forward of a forward is already rare, and each level holds one more copy of its bytes

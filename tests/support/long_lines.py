@@ -7,7 +7,7 @@ import re
 from email import policy
 from typing import NamedTuple
 
-from mailveil.mail.rewrite import MAX_LINE
+from mailveil.mail.mime import MAX_LINE
 
 _LINE = re.compile(rb"[^\n]*")
 
