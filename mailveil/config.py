@@ -39,6 +39,11 @@ class Settings:
     database_url: str = ""
     relay_domain: str = "reply.example.com"
     smtp_listen: HostPort = HostPort("127.0.0.1", 2525)
+    policy_listen: HostPort | None = None  # the Postfix policy service (smtp/policy.py)
+    # Peers whose XFORWARD (the client address they saw) the listener believes: a Postfix
+    # in front. None by default: anyone else could claim any address.
+    trusted_peers: tuple[str, ...] = ()
+    trusted_authserv_id: str | None = None  # whose Authentication-Results are believed
     http_listen: HostPort = HostPort("127.0.0.1", 8025)
     smarthost: HostPort | None = None
     smarthost_implicit_tls: bool = False  # given as smtps://host:port
@@ -160,7 +165,8 @@ def from_env(env: Mapping[str, str]) -> Settings:
         if not _DOMAIN_RE.match(v.lower()):
             raise ConfigError(f"{PREFIX}RELAY_DOMAIN: expected a domain name, got {v!r}")
         values["relay_domain"] = v.lower()
-    for name, attr in (("SMTP_LISTEN", "smtp_listen"), ("HTTP_LISTEN", "http_listen")):
+    for name, attr in (("SMTP_LISTEN", "smtp_listen"), ("HTTP_LISTEN", "http_listen"),
+                       ("POLICY_LISTEN", "policy_listen")):
         if (v := get(name)) is not None:
             values[attr] = _host_port(name, v)
     if (v := get("SMARTHOST")) is not None:
@@ -253,6 +259,16 @@ def from_env(env: Mapping[str, str]) -> Settings:
     if (v := get("DNS")) is not None:
         _host_port("DNS", v)
         values["dns"] = v
+    if (v := get("TRUSTED_PEERS")) is not None:
+        peers = parse_networks(v)
+        if peers is None:
+            raise ConfigError(f"{PREFIX}TRUSTED_PEERS: expected networks such as 127.0.0.1/32, "
+                              f"got {v!r}")
+        values["trusted_peers"] = peers
+    if (v := get("TRUSTED_AUTHSERV_ID")) is not None:
+        if not re.match(r"^[a-z0-9.-]{1,253}$", v.lower()):
+            raise ConfigError(f"{PREFIX}TRUSTED_AUTHSERV_ID: expected a host name, got {v!r}")
+        values["trusted_authserv_id"] = v.lower()
     if (v := get("BANNER")) is not None:
         if v.lower() not in ("on", "off"):
             raise ConfigError(f"{PREFIX}BANNER: expected on or off, got {v!r}")

@@ -33,7 +33,7 @@ from mailveil.metrics import ERRORS
 from mailveil.pipeline.compose import Voice
 from mailveil.pipeline.process import Pipeline, Processor
 from mailveil.scan.clamd import Clamd, scan_message
-from mailveil.smtp import anvil, listener, protocol, tls
+from mailveil.smtp import anvil, listener, policy, protocol, tls
 from mailveil.smtp.backend import StoreBackend
 from mailveil.store import workers
 from mailveil.store.db import DATABASE_UNAVAILABLE, make_engine, migrate, session_factory
@@ -149,7 +149,14 @@ async def run_smtp(rt: Runtime) -> None:
                                       connections=connections, certificate=certificate),
         host=s.smtp_listen.host, port=s.smtp_listen.port)
     log.info("SMTP listening on %s", s.smtp_listen)
+    policy_server = None
+    if s.policy_listen is not None:
+        policy_server = await policy.start(s.policy_listen.host, s.policy_listen.port,
+                                           backend.lookup)
+        log.info("Postfix policy service listening on %s", s.policy_listen)
     await rt.stopping.wait()
+    if policy_server is not None:
+        policy_server.close()
     server.close()
     await protocol.drain(connections, SMTP_DRAIN_SECONDS)
     await server.wait_closed()
