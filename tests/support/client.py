@@ -21,7 +21,8 @@ SUPPLIER = "bookings@sunny-tours.example"
 
 def register(mv: Mailveil, reference: str = "GYG-1001", *, days_from_now: float = 3,
              customer: str = CUSTOMER, supplier: str = SUPPLIER,
-             supplier_id: str = "sup-1", locale: str = "en") -> dict[str, str]:
+             supplier_id: str = "sup-1", locale: str = "en",
+             customer_name: str = "Ann Lee") -> dict[str, str]:
     start = datetime.now(UTC) + timedelta(days=days_from_now)
     with httpx.Client(headers=mv.headers, timeout=10) as http:
         r = http.post(f"{mv.api}/suppliers", json={
@@ -29,7 +30,7 @@ def register(mv: Mailveil, reference: str = "GYG-1001", *, days_from_now: float 
         assert r.status_code == 201, r.text
         r = http.post(f"{mv.api}/bookings", json={
             "reference": reference, "supplier_id": supplier_id,
-            "customer": {"name": "Ann Lee", "email": customer, "locale": locale},
+            "customer": {"name": customer_name, "email": customer, "locale": locale},
             "activity_start": start.isoformat(),
             "activity_end": (start + timedelta(hours=3)).isoformat(),
         })
