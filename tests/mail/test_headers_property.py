@@ -162,6 +162,20 @@ def test_a_long_kept_subject_is_folded_and_reads_the_same() -> None:
     assert message["Thread-Topic"] == "x" * 1500
 
 
+def test_the_top_level_content_id_is_dropped_and_a_part_s_kept() -> None:
+    """Issue 16.5: ``<cid.ann@…>`` names the sender; nothing refers to the whole message by
+    it, while a part's Content-ID is what an HTML part's ``cid:`` links point to."""
+    raw = (
+        f"Content-ID: <cid.{REAL}>\r\nContent-Type: multipart/related; boundary=b\r\n\r\n"
+        "--b\r\nContent-Type: text/html\r\n\r\n<img src=cid:p1@x>\r\n"
+        "--b\r\nContent-Type: image/png\r\nContent-ID: <p1@x>\r\n\r\nAAAA\r\n--b--\r\n"
+    ).encode()
+    out = rewrite(raw, PLAN)
+    message = assert_relayed_headers(out, {"content-type"})
+    assert REAL.encode() not in out
+    assert [p["Content-ID"] for p in message.iter_parts()] == [None, "<p1@x>"]
+
+
 def test_fold_writes_a_value_too_long_for_any_line_as_nothing() -> None:
     assert fold("To", f"{'x' * 1200}@example.org") == b""
     assert fold("X" * 1000, "1") == b""
