@@ -146,7 +146,8 @@ async def run_smtp(rt: Runtime) -> None:
         lambda: protocol.smtp_factory(handler, hostname=s.relay_domain,
                                       data_size_limit=s.max_message_bytes,
                                       timeout=s.smtp_timeout.total_seconds(),
-                                      connections=connections, certificate=certificate),
+                                      connections=connections, certificate=certificate,
+                                      trusted_peers=s.trusted_peers),
         host=s.smtp_listen.host, port=s.smtp_listen.port)
     log.info("SMTP listening on %s", s.smtp_listen)
     policy_server = None

@@ -34,6 +34,7 @@ from mailveil.smtp.anvil import Anvil
 from mailveil.smtp.commit import Accepted, GroupCommit
 from mailveil.smtp.gate import Lookup, rcpt_reply
 from mailveil.smtp.limits import Limits
+from mailveil.smtp.protocol import client_of
 from mailveil.smtp.tls import negotiated
 
 log = logging.getLogger(__name__)
@@ -80,10 +81,6 @@ def unexpected(stage: str) -> str:
     return replies.S451_INTERNAL.format(trace=trace)
 
 
-def _peer_address(session: Session) -> str:
-    return str(session.peer[0]) if isinstance(session.peer, tuple) else str(session.peer)
-
-
 class RelayHandler:
     def __init__(self, backend: Backend, scanner: Scanner, authenticate: Authenticator,
                  on_accept: Callable[[], None] = lambda: None, anvil: Anvil | None = None
@@ -125,7 +122,8 @@ class RelayHandler:
         if refused >= MAX_REFUSED_RCPTS:
             log.warning("too many refused recipients", extra={"peer": str(session.peer)})
             return replies.S421_TOO_MANY_REFUSED
-        cooled = self._anvil.cooled(_peer_address(session))
+        client, _ = client_of(session, envelope)
+        cooled = self._anvil.cooled(client)
         if cooled is not None:
             return cooled
         try:
@@ -138,7 +136,7 @@ class RelayHandler:
             self._refused[session] = refused + 1
             RCPT_REFUSED.labels(code=refusal[:9]).inc()
             if refusal == replies.S550_UNKNOWN:
-                self._anvil.unknown_recipient(_peer_address(session))
+                self._anvil.unknown_recipient(client)
             return refusal
         envelope.rcpt_tos.append(address)
         return replies.S250_RCPT_OK
@@ -151,7 +149,7 @@ class RelayHandler:
         if sender:  # a bounce proves itself with its VERP token, which only receivers know
             refusal = self._anvil.sender_reply(sender, envelope.rcpt_tos)
             if refusal is None:
-                refusal, sender_check = await self._check_sender(raw, session, sender)
+                refusal, sender_check = await self._check_sender(raw, session, envelope, sender)
             if refusal is not None:
                 return refusal
         try:
@@ -176,15 +174,15 @@ class RelayHandler:
                                     "rcpts": len(envelope.rcpt_tos)})
         return replies.S250_QUEUED.format(id=inbound_id)
 
-    async def _check_sender(self, raw: bytes, session: Session, sender: str
+    async def _check_sender(self, raw: bytes, session: Session, envelope: Envelope, sender: str
                             ) -> tuple[str | None, SenderCheck]:
         """The refusal for mail whose sender's domain says it did not send it (or ``None``),
         and what the check proved of the sender.
 
         The RCPT gate trusted MAIL FROM; SPF, DKIM and DMARC decide whether to."""
         with DNS_SECONDS.time():
-            result = await self._authenticate(raw, client_ip=_peer_address(session),
-                                              helo=session.host_name or "", mail_from=sender)
+            client, helo = client_of(session, envelope)
+            result = await self._authenticate(raw, client_ip=client, helo=helo, mail_from=sender)
         if result.verdict is Verdict.ACCEPT:
             return None, SenderCheck.VERIFIED if result.verified else SenderCheck.UNVERIFIED
         log.info("authenticity", extra={"verdict": result.verdict.value, "spf": result.spf,

@@ -17,7 +17,10 @@ subclass also adds what hostile clients need:
 * refusal of data sent before our 354 (the pipelining form of smuggling);
 * refusal of messages with a NUL, and of control characters in addresses and host names;
 * a ``421`` always closes the connection, whoever produced it;
-* enhanced status codes on aiosmtpd's own replies to these cases.
+* enhanced status codes on aiosmtpd's own replies to these cases;
+* XFORWARD (Postfix's XFORWARD_README) from the trusted peers only (a Postfix in front):
+  the address and HELO name of the client it received the mail from, for the limits and
+  SPF, kept on the transaction's envelope (:func:`client_of`).
 
 Policy (who may write to whom, how many recipients) stays in :mod:`mailveil.smtp.listener`.
 The overrides reach into aiosmtpd 1.4 internals (``_timeout_cb``, ``_call_handler_hook``,
@@ -28,6 +31,7 @@ tests/e2e/test_hostile_smtp.py and tests/smtp/test_data_reader.py pin their beha
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import re
 import sys
@@ -35,11 +39,11 @@ import time
 from collections import Counter
 from typing import Any, AnyStr
 
-from aiosmtpd.smtp import MISSING, SMTP, TLSSetupException, syntax
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, TLSSetupException, syntax
 
 from mailveil.smtp import replies
 from mailveil.smtp.anvil import Anvil
-from mailveil.smtp.limits import Limits, extended_deadline
+from mailveil.smtp.limits import Limits, extended_deadline, is_exempt
 from mailveil.smtp.tls import ServerCertificate
 
 log = logging.getLogger(__name__)
@@ -64,6 +68,54 @@ _STUFFING = re.compile(rb"\n\.(?!\n)")
 # The most asked of the stream reader at once. It never holds much more: one socket read
 # gives at most 256 KiB, and it pauses the transport beyond twice its line limit.
 _CHUNK = 256 * 1024
+
+
+_XFORWARD_NAMES = frozenset({"NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE"})
+_XTEXT = re.compile(r"\+([0-9A-F]{2})")
+
+
+class RelayEnvelope(Envelope):
+    """An envelope that knows the client a trusted peer forwarded it from (XFORWARD)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.client_address: str | None = None
+        self.client_helo: str | None = None
+
+
+def parse_xforward(arg: str) -> dict[str, str] | None:
+    """XFORWARD's attributes, xtext decoded, without the unknown ones (``[UNAVAILABLE]``);
+    ``None`` for a syntax error or an ADDR that is not an IP address."""
+    attributes: dict[str, str] = {}
+    for item in arg.split():
+        name, sep, value = item.partition("=")
+        name = name.upper()
+        if not sep or name not in _XFORWARD_NAMES:
+            return None
+        value = _XTEXT.sub(lambda m: chr(int(m[1], 16)), value)
+        if value not in ("[UNAVAILABLE]", "[TEMPUNAVAIL]"):
+            attributes[name] = value
+    if not attributes and not arg.strip():
+        return None
+    if "ADDR" in attributes:
+        address = attributes["ADDR"].removeprefix("IPV6:").removeprefix("IPv6:")
+        try:
+            attributes["ADDR"] = str(ipaddress.ip_address(address))
+        except ValueError:
+            return None
+    if "HELO" in attributes and _CONTROL.search(attributes["HELO"]):
+        return None
+    return attributes
+
+
+def client_of(session: Session, envelope: Envelope) -> tuple[str, str]:
+    """The address and HELO name of the client that sent this mail: what a trusted peer
+    forwarded, else the session's own."""
+    peer = str(session.peer[0]) if isinstance(session.peer, tuple) else str(session.peer)
+    helo = session.host_name or ""
+    if isinstance(envelope, RelayEnvelope):
+        return envelope.client_address or peer, envelope.client_helo or helo
+    return peer, helo
 
 
 class ConnectionLimit:
@@ -166,9 +218,12 @@ class DataReader:
 
 
 class RelaySMTP(SMTP):
-    def __init__(self, handler: object, *, connections: ConnectionLimit, **kwargs: Any) -> None:
+    def __init__(self, handler: object, *, connections: ConnectionLimit,
+                 trusted_peers: tuple[str, ...] = (), **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self._connections = connections
+        self._trusted_networks = tuple(ipaddress.ip_network(n) for n in trusted_peers)
+        self._trusted = False  # the peer may say XFORWARD
         self._counted = False
         self._in_hook = False
         self._in_data = False
@@ -182,7 +237,10 @@ class RelaySMTP(SMTP):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if not self._counted:
-            refusal = self._admit(transport.get_extra_info("peername"))
+            peer = transport.get_extra_info("peername")
+            self._trusted = isinstance(peer, tuple) and is_exempt(str(peer[0]),
+                                                                  self._trusted_networks)
+            refusal = self._admit(peer)
             if refusal is not None:
                 assert isinstance(transport, asyncio.WriteTransport)
                 transport.write(f"{refusal}\r\n".encode())
@@ -259,12 +317,17 @@ class RelaySMTP(SMTP):
         self._writer.write(f"{reply}\r\n".encode())
         self._hang_up()
 
+    def _create_envelope(self) -> Envelope:
+        return RelayEnvelope()
+
     async def _call_handler_hook(self, command: str, *args: Any) -> Any:
         self._in_hook = True
         try:
             reply = await super()._call_handler_hook(command, *args)
         finally:
             self._in_hook = False
+        if command == "EHLO" and self._trusted and isinstance(reply, list):
+            reply = [*reply[:-1], "250-XFORWARD NAME ADDR PROTO HELO", reply[-1]]
         if command in ("RCPT", "DATA") and isinstance(reply, str):
             outcome = "accepted" if reply.startswith("250") else "refused"
             self._tally[f"{'rcpt' if command == 'RCPT' else 'messages'}_{outcome}"] += 1
@@ -342,6 +405,25 @@ class RelaySMTP(SMTP):
             await self.push(replies.S501_CONTROL_IN_HOSTNAME)
             return
         await super().smtp_EHLO(hostname)
+
+    @syntax("XFORWARD attribute=value ...")
+    async def smtp_XFORWARD(self, arg: str) -> None:
+        """Offered to and taken from the trusted peers only; to anyone else it is unknown,
+        as it is to any server that does not offer it."""
+        if not self._trusted:
+            await self.push('500 Error: command "XFORWARD" not recognized')
+            return
+        envelope = self.envelope
+        if not isinstance(envelope, RelayEnvelope) or envelope.mail_from is not None:
+            await self.push("503 5.5.1 Error: XFORWARD not allowed in a mail transaction")
+            return
+        attributes = parse_xforward(arg)
+        if attributes is None:
+            await self.push("501 5.5.4 Syntax: XFORWARD attribute=value ...")
+            return
+        envelope.client_address = attributes.get("ADDR", envelope.client_address)
+        envelope.client_helo = attributes.get("HELO", envelope.client_helo)
+        await self.push("250 2.0.0 Ok")
 
     @syntax("STARTTLS", when="tls_context")
     async def smtp_STARTTLS(self, arg: str) -> None:
@@ -428,15 +510,16 @@ class RelaySMTP(SMTP):
 
 
 def smtp_factory(handler: object, *, hostname: str, data_size_limit: int, timeout: float,
-                 connections: ConnectionLimit, certificate: ServerCertificate | None = None
-                 ) -> SMTP:
+                 connections: ConnectionLimit, certificate: ServerCertificate | None = None,
+                 trusted_peers: tuple[str, ...] = ()) -> SMTP:
     """A session; STARTTLS is offered with ``certificate`` as its files are now.
 
     aiosmtpd does what RFC 3207 asks after the handshake: a new session, and whatever the
     client pipelined behind STARTTLS in clear is dropped (CVE-2011-0411's class, fixed in
     aiosmtpd 1.4.6). The stream reader stays the same object on the TLS transport, so
     :class:`DataReader` reads decrypted data as it read clear data."""
-    return RelaySMTP(handler, connections=connections, hostname=hostname, ident="mailveil",
+    return RelaySMTP(handler, connections=connections, trusted_peers=trusted_peers,
+                     hostname=hostname, ident="mailveil",
                      data_size_limit=data_size_limit, enable_SMTPUTF8=True, decode_data=False,
                      timeout=timeout,
                      tls_context=None if certificate is None else certificate.context())

@@ -5,7 +5,7 @@ from aiosmtpd.smtp import SMTP
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailveil.smtp.protocol import ConnectionLimit, RelaySMTP
+from mailveil.smtp.protocol import ConnectionLimit, RelaySMTP, parse_xforward
 
 ATOM = st.text(alphabet=string.ascii_letters + string.digits + "!#$%&'*+/=?^_`{|}~-.\"@",
                min_size=1, max_size=12)
@@ -45,3 +45,18 @@ def assert_read_as_aiosmtpd_reads(arg: str) -> None:
     if expected[0] and any(ord(c) < 32 or ord(c) == 127 for c in expected[0]):
         expected = (None, None)
     assert session._getaddr(arg) == expected
+
+
+def test_xforward_as_postfix_sends_it() -> None:
+    assert parse_xforward("NAME=mx.customer.example ADDR=192.0.2.7 PROTO=ESMTP "
+                          "HELO=mx.customer.example") == {
+        "NAME": "mx.customer.example", "ADDR": "192.0.2.7", "PROTO": "ESMTP",
+        "HELO": "mx.customer.example"}
+    assert parse_xforward("ADDR=IPV6:2001:DB8::7 NAME=[UNAVAILABLE]") == {"ADDR": "2001:db8::7"}
+    assert parse_xforward("HELO=a+2Bb+3Dc") == {"HELO": "a+b=c"}  # xtext
+
+
+@pytest.mark.parametrize("arg", ["", "ADDR", "ADDR=not-an-address", "COLOUR=blue",
+                                 "HELO=a+0Db"])
+def test_xforward_that_cannot_be_read_is_a_syntax_error(arg: str) -> None:
+    assert parse_xforward(arg) is None
