@@ -77,12 +77,13 @@ class Cluster:
     token: str = field(default_factory=lambda: secrets.token_hex(16))
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # settings added to every process
 
     def spawn(self, name: str, role: str) -> None:
         """Start ``mailveil <role>`` with listen ports of its own; see :meth:`ready`."""
         smtp_port, http_port = free_port(), free_port()
         env = mailveil_env(self.database_url, self.data_dir, smtp_port, http_port, self.token,
-                           self.smarthost)
+                           self.smarthost) | self.env
         self.ports[name] = {"smtp": smtp_port, "web": http_port}.get(role, 0)
         with (self.data_dir / f"{name}.log").open("ab") as log:
             self.procs[name] = subprocess.Popen([sys.executable, "-m", "mailveil", role],

@@ -9,8 +9,10 @@ from contextlib import suppress
 
 
 class RawSmtp:
-    def __init__(self, port: int, *, timeout: float = 15.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port: int, *, timeout: float = 15.0, source: str = "127.0.0.1") -> None:
+        """``source``: the client's address, another of 127.0.0.0/8 to be another client."""
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                             source_address=(source, 0))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.file = self.sock.makefile("rb")
         self.greeting = self.reply()
