@@ -81,6 +81,11 @@ class Settings:
     banner_style: str | None = None
     # Mail that no SPF, DKIM or DMARC proves: relayed with a warning (False) or refused.
     refuse_unverified: bool = False
+    portal_url: str | None = None  # public base of the supplier portal; None: http_listen
+    portal_link_lifetime: timedelta = timedelta(minutes=15)  # one-time sign-in links
+    portal_session_lifetime: timedelta = timedelta(hours=12)
+    portal_secret: str | None = None  # signs cookies; None: generated into data_dir
+    cancellation_answer_days: int = 14  # how long a customer's confirm/decline links work
 
     @property
     def capture_dir(self) -> Path:
@@ -277,6 +282,21 @@ def from_env(env: Mapping[str, str]) -> Settings:
         if v.lower() not in ("mark", "refuse"):
             raise ConfigError(f"{PREFIX}UNVERIFIED_SENDERS: expected mark or refuse, got {v!r}")
         values["refuse_unverified"] = v.lower() == "refuse"
+    if (v := get("PORTAL_URL")) is not None:
+        if not re.match(r"^https?://[^\s/]+(/\S*)?$", v):
+            raise ConfigError(f"{PREFIX}PORTAL_URL: expected an http(s) URL, got {v!r}")
+        values["portal_url"] = v.rstrip("/")
+    if (v := get("PORTAL_LINK_MINUTES")) is not None:
+        values["portal_link_lifetime"] = timedelta(minutes=_positive_int("PORTAL_LINK_MINUTES", v))
+    if (v := get("PORTAL_SESSION_HOURS")) is not None:
+        values["portal_session_lifetime"] = timedelta(
+            hours=_positive_int("PORTAL_SESSION_HOURS", v))
+    if (v := get("PORTAL_SECRET")) is not None:
+        if len(v) < 32:
+            raise ConfigError(f"{PREFIX}PORTAL_SECRET: use at least 32 characters")
+        values["portal_secret"] = v
+    if (v := get("CANCELLATION_ANSWER_DAYS")) is not None:
+        values["cancellation_answer_days"] = _positive_int("CANCELLATION_ANSWER_DAYS", v)
     s = Settings(**values)  # type: ignore[arg-type]
     if s.retention_metadata < s.retention_body:
         raise ConfigError(f"{PREFIX}RETENTION_DAYS must not be shorter than RETENTION_BODY_DAYS")

@@ -78,6 +78,9 @@ class BookingRow(Base):
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
+    # The portal lists a supplier's bookings by activity date, a page after a (date, id) key.
+    __table_args__ = (Index("ix_bookings_supplier_start", "supplier_id", "activity_start", "id"),)
+
 
 class InboundRow(Base):
     """A message exactly as accepted with 250, before anything was decided about it."""
@@ -242,3 +245,33 @@ class LimitCooldownRow(Base):
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     until: Mapped[datetime]
+
+
+class PortalLinkRow(Base):
+    """A one-time sign-in link to the supplier portal; only the SHA-256 of its token is kept,
+    so the table's contents sign nobody in."""
+
+    __tablename__ = "portal_links"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    supplier_id: Mapped[str] = mapped_column(ForeignKey("suppliers.id"), index=True)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+
+
+class CancellationRow(Base):
+    """A supplier's "the customer asked to cancel", waiting for the customer's answer through
+    the mailed link (the SHA-256 of its token is kept)."""
+
+    __tablename__ = "cancellation_requests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    booking_id: Mapped[int] = mapped_column(ForeignKey("bookings.id"), index=True)
+    reason: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16))  # requested | confirmed | declined
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime]
+    answer_by: Mapped[datetime]  # after this, unanswered: recorded for care
+    answered_at: Mapped[datetime | None]
