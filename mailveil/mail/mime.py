@@ -440,9 +440,9 @@ def fold_text(name: str, text: str, newline: bytes = b"\r\n", *, encode_long: bo
     pending: list[str] = []
     by_stdlib = len(text) <= _SHORT_RUN
     for word in _CONTROLS.sub(" ", text).split(" "):
-        plain = word.isascii() and "=?" not in word
         if not word:
             continue
+        plain = word.isascii() and "=?" not in word
         if plain and (len(word) <= _FOLD_AT or (not encode_long and len(word) < MAX_LINE)):
             atoms.extend(_encoded_words(" ".join(pending), by_stdlib=by_stdlib))
             pending = []
@@ -454,7 +454,8 @@ def fold_text(name: str, text: str, newline: bytes = b"\r\n", *, encode_long: bo
     atoms.extend(_encoded_words(" ".join(pending), by_stdlib=by_stdlib))
     lines = [head]
     for atom in atoms:
-        if len(lines[-1]) + 1 + len(atom) > _FOLD_AT and lines[-1] != head:
+        wanted = len(lines[-1]) + 1 + len(atom)
+        if wanted > _FOLD_AT and (lines[-1] != head or wanted > MAX_LINE):
             lines.append("")
         lines[-1] += " " + atom
     return newline.join(line.encode("ascii") for line in lines) + newline

@@ -266,3 +266,23 @@ def test_notice_subjects_and_names(
     assert shown(message["Subject"]) == shown(f"Undelivered: {subject}" if shown(subject)
                                               else "Undelivered: (no subject)")  # fmt: skip
     assert same_name(message["To"].addresses[0].display_name, name)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(["Subject", "From", "To", "Content-Type", "Content-Disposition",
+                     "Message-ID", "References", "Date", "X-Anything"]),
+    st.one_of(st.text(max_size=200), st.builds(nested, TEXT, LAYERS),
+              st.builds("{} <a@b.example>".format, st.builds(nested, TEXT, LAYERS)),
+              st.builds('attachment; filename="{}"'.format, st.builds(nested, TEXT, LAYERS)),
+              st.text("ab é\r\n:", min_size=990, max_size=1500)),
+)  # fmt: skip
+def test_fold_writes_one_field_or_nothing(name: str, value: str) -> None:
+    """Whatever the value, hidden or raw control characters included: one field whose
+    lines are all folds within the limit, and whose text holds no control character."""
+    out = fold(name, value)
+    if out:
+        assert_one_field_per_line(out + b"\r\n")
+        field = reread(out + b"\r\n")[name]
+        assert field is not None
+        assert not re.search(r"[\x00-\x08\x0a-\x1f\x7f]", str(field))
