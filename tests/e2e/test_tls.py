@@ -146,6 +146,8 @@ def test_starttls_with_the_generated_certificate(mailveil: Mailveil, sink: Sink)
         client.send(b"EHLO client.example\r\n")
         ehlo = client.reply()
         assert ehlo.startswith(b"250-") and b"STARTTLS" not in ehlo
+        client.send(b"STARTTLS\r\n")  # once per connection (RFC 3207 4.2)
+        assert client.reply() == f"{replies.S554_TLS_ACTIVE}\r\n".encode()
     send_over_tls(mailveil, verifying(generated, name=False), relay, "python ssl")
     smtplib.SMTP("127.0.0.1", mailveil.smtp_port).sendmail(  # in clear still works
         CUSTOMER, [relay], mail(CUSTOMER, relay, "in clear", "Hello\n").as_bytes())
