@@ -3,6 +3,11 @@
 Mail programs quote the other party in many shapes: plain text, ``mailto:`` links,
 URL-encoded ``%40``, HTML entities (``&#64;``), and RFC 2047 encoded words pasted into
 bodies. Each shape keeps its own "@" spelling so that links and markup stay valid.
+
+Spellings that veil other characters of an address too (``&#97;nn@…``, ``%61nn%40…``, a
+fullwidth "@" (U+FF20), a zero-width space before the "@") are found in a normalised copy of the
+text (HTML entities, percent escapes, Unicode NFKC, invisible characters removed) and
+replaced, in the original, by the plain relay address; the text around them is kept.
 """
 
 from __future__ import annotations
