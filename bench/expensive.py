@@ -20,9 +20,9 @@ from datetime import UTC, datetime, timedelta
 
 from mailveil.domain.addresses import AddressBook, Role
 from mailveil.domain.booking import Booking, BookingStatus, Party
+from mailveil.domain.verdicts import Outcome
 from mailveil.mail.bounces import parse_report
 from mailveil.mail.inspect import facts
-from mailveil.mail.notices import Reason
 from mailveil.pipeline.compose import Voice, notice, relay_copy
 
 CUSTOMER = "ann.lee@customer-mail.example"
@@ -95,16 +95,17 @@ def tiny_parts(sender: str, to: str, size: int) -> bytes:
 
 def idna_part(sender: str, to: str, size: int) -> bytes:
     """``charset=idna``: a codec that raises on ordinary text (212 bytes in the probe)."""
-    text = ("Hello, this text is declared idna. " * max(1, size // 36)).encode()
+    text = ("Hello, this text is declared idna.\r\n" * max(1, size // 36)).encode()
     return _head(sender, to, "Subject: idna", "Content-Type: text/plain; charset=idna") + (
-        b"\r\n" + text + b"\r\n")
+        b"\r\n" + text)
 
 
 def not_base64(sender: str, to: str, size: int) -> bytes:
     """A text part declared base64 whose content is plain text, not base64."""
-    text = (f"Call me, or write to {sender}! This is not base64 at all... " * max(1, size // 80))
+    text = (f"Call me, or write to {sender}! This is not base64 at all...\r\n"
+            * max(1, size // 80))
     return _head(sender, to, "Subject: b64", "Content-Type: text/plain; charset=utf-8",
-                 "Content-Transfer-Encoding: base64") + b"\r\n" + text.encode() + b"\r\n"
+                 "Content-Transfer-Encoding: base64") + b"\r\n" + text.encode()
 
 
 SHAPES: dict[str, Shape] = {
@@ -133,7 +134,8 @@ def process(raw: bytes) -> None:
         parse_report(raw)
         return
     relay_copy(raw, info, BOOKING, Role.SUPPLIER, [], BOOK, VOICE)
-    notice(reason=Reason.EXPIRED, cause=None, booking=BOOKING, sender_role=Role.CUSTOMER,
+    notice(reason=Outcome.REFUSED_EXPIRED, cause=None, booking=BOOKING,
+           sender_role=Role.CUSTOMER,
            original=raw, facts=info, book=BOOK, voice=VOICE, now=NOW)
 
 

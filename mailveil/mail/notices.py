@@ -18,14 +18,14 @@ from datetime import datetime
 from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage, Message, MIMEPart
-from enum import StrEnum
 from gettext import NullTranslations
 
+from mailveil.domain.verdicts import Outcome
 from mailveil.i18n import resolve, translator
 from mailveil.mail.bounces import UndeliverableCause
 from mailveil.mail.mime import MAX_LINE, header_text
 
-__all__ = ["Notice", "Reason", "UndeliverableCause", "build_notice"]
+__all__ = ["REFUSALS", "UNDELIVERABLE", "Notice", "UndeliverableCause", "build_notice"]
 
 # 7bit: every part is encoded to survive any hop (and any DKIM canonicalisation) unchanged.
 _POLICY = policy.SMTP.clone(cte_type="7bit")
@@ -41,22 +41,44 @@ MAX_NAME = 200
 longer than a header line cannot be folded, and no one's name is that long."""
 
 
-class Reason(StrEnum):
-    """The refusals a sender is told about by mail (the seeds' four errors, and a too
-    large attachment, which the seeds count as undeliverable)."""
+@dataclass(frozen=True)
+class Explanation:
+    """One refusal as the notice tells it: part 2's fixed words for mail software (reply
+    code, enhanced status and a diagnostic that reveals nothing, short enough that the
+    Diagnostic-Code line never folds) and part 1's msgids for people, translated when a
+    notice is built. Placeholders: ``{url}`` (contact form), ``{size}`` (MB of attachments
+    allowed), ``{days}`` (grace days; an ``explanation`` pair is counted by them) and
+    ``{address}`` (the relay address written to)."""
 
-    UNDELIVERABLE = "undeliverable"
-    VIRUS = "virus"
-    SEVERAL_CUSTOMERS = "several_customers"
-    EXPIRED = "expired"
-    TOO_LARGE = "too_large"
-    TOO_COMPLEX = "too_complex"  # parked: it cost more CPU than any real mail (issue 16.7)
+    code: int
+    status: str
+    diagnostic: str
+    title: str
+    explanation: str | tuple[str, str]  # a msgid, or a singular and plural pair
+    advice: str
 
 
 @dataclass(frozen=True)
+class Refusal:
+    """A refusal a sender is told about by mail, and how."""
+
+    outcome: Outcome
+    said: Explanation
+
+
+def N_(message: str) -> str:
+    """Marks a msgid for pybabel without translating it: the notice translates it."""
+    return message
+
+
+def ngettext(singular: str, plural: str) -> tuple[str, str]:
+    """Marks a plural pair for pybabel (``ngettext`` is one of its keywords)."""
+    return singular, plural
+
+@dataclass(frozen=True)
 class Notice:
-    reason: Reason
-    cause: UndeliverableCause | None  # for UNDELIVERABLE
+    reason: Outcome  # a refused_* one
+    cause: UndeliverableCause | None  # for REFUSED_UNDELIVERABLE, when known
     locale: str
     to_name: str
     to_address: str  # the sender of the refused message (real address)
@@ -75,22 +97,87 @@ class Notice:
     grace_days: int = 7  # how long after the activity a conversation stays open
 
 
-# (reply code, enhanced status, diagnostic) for part 2: fixed words that reveal nothing,
-# short enough that the Diagnostic-Code line never folds.
-_MACHINE: dict[Reason | UndeliverableCause | None, tuple[int, str, str]] = {
-    Reason.VIRUS: (554, "5.7.1", "Attachment failed the virus scan"),
-    Reason.SEVERAL_CUSTOMERS: (550, "5.7.1", "Several customer addresses in To or Cc"),
-    Reason.EXPIRED: (550, "5.2.1", "Relay address expired"),
-    Reason.TOO_LARGE: (552, "5.3.4", "Message too large"),
-    Reason.TOO_COMPLEX: (554, "5.6.0", "Message too complex to process"),
-    UndeliverableCause.MAILBOX_FULL: (552, "5.2.2", "Recipient mailbox full"),
-    UndeliverableCause.HOST_UNREACHABLE: (550, "5.4.1", "Recipient mail server unreachable"),
-    UndeliverableCause.ADDRESS_INVALID: (550, "5.1.1", "Recipient address not accepted"),
-    UndeliverableCause.REJECTED: (550, "5.7.1", "Message refused by the recipient's server"),
-    UndeliverableCause.TIMED_OUT: (550, "5.4.7", "Delivery time expired"),
-    None: (550, "5.0.0", "Message could not be delivered"),
-}
+_UNDELIVERABLE = N_("Message undeliverable")
+_RETRY = N_("Please try again later. If the problem continues, please use our contact form: "
+            "{url}")
+_GET_HELP = N_("Please use our contact form to get help: {url}")
 
+REFUSALS: tuple[Refusal, ...] = (
+    # A cause-less undeliverable copy; a known cause is told as in UNDELIVERABLE below.
+    Refusal(Outcome.REFUSED_UNDELIVERABLE, Explanation(
+        550, "5.0.0", "Message could not be delivered", _UNDELIVERABLE,
+        N_("Your message could not be delivered to the recipient."), _GET_HELP)),
+    # The seeds' help pages: virus, several customers, expired.
+    Refusal(Outcome.REFUSED_VIRUS, Explanation(
+        554, "5.7.1", "Attachment failed the virus scan",
+        N_("Attachment blocked by the virus scan"),
+        N_("Your message contains an attachment (a ticket, a map…) that our virus scan found "
+           "to be infected."),
+        N_("Please remove the infected file, or replace it with a clean copy, then send your "
+           "message again. If you need help sending this document, please use our contact "
+           "form: {url}"))),
+    Refusal(Outcome.REFUSED_SEVERAL_CUSTOMERS, Explanation(
+        550, "5.7.1", "Several customer addresses in To or Cc",
+        N_("Several customers in To or CC"),
+        N_("Your message has several customer addresses in the To or CC field. To protect our "
+           "customers' privacy, such messages are not delivered."),
+        N_("To write to several customers, put their addresses in the BCC field, or send each "
+           "customer a separate message."))),
+    Refusal(Outcome.REFUSED_EXPIRED, Explanation(
+        550, "5.2.1", "Relay address expired",
+        N_("Relay address expired"),
+        ngettext("This message cannot be delivered because the conversation is closed: a "
+                 "conversation closes {days} day after the activity.",
+                 "This message cannot be delivered because the conversation is closed: a "
+                 "conversation closes {days} days after the activity."),
+        N_("If you still need to get in touch, please use our contact form: {url}"))),
+    # The seeds count it as undeliverable; its own words say what the limit is.
+    Refusal(Outcome.REFUSED_TOO_LARGE, Explanation(
+        552, "5.3.4", "Message too large",
+        N_("Attachment too large"),
+        # TRANSLATORS: {size} is a whole number of megabytes, e.g. 10.
+        N_("Your message is too large to be delivered: attachments can be up to {size} MB in "
+           "total."),
+        N_("Please send the attachment as a smaller file, or share it as a link, then send "
+           "your message again."))),
+    # Parked: it cost more CPU than any real mail (issue 16.7).
+    Refusal(Outcome.REFUSED_TOO_COMPLEX, Explanation(
+        554, "5.6.0", "Message too complex to process",
+        N_("Message too complex to deliver"),
+        N_("Your message could not be processed: reading it takes far more work than its size "
+           "would need (for example a header of thousands of lines, or thousands of parts)."),
+        N_("Please send it again in a simpler form, for example as plain text with your "
+           "documents attached. If you need help, please use our contact form: {url}"))),
+)
+"""Every refusal told by mail, one row each (``tests/mail/test_notices.py`` checks that
+each ``refused_*`` outcome has exactly one)."""
+
+UNDELIVERABLE: dict[UndeliverableCause, Explanation] = {
+    UndeliverableCause.MAILBOX_FULL: Explanation(
+        552, "5.2.2", "Recipient mailbox full", _UNDELIVERABLE,
+        N_("The recipient's mailbox is full and could not accept your message."),
+        N_("Please try again in a few days. If it is urgent, please use our contact form: "
+           "{url}")),
+    UndeliverableCause.HOST_UNREACHABLE: Explanation(
+        550, "5.4.1", "Recipient mail server unreachable", _UNDELIVERABLE,
+        N_("The recipient's mail server could not be reached."), _RETRY),
+    UndeliverableCause.ADDRESS_INVALID: Explanation(
+        550, "5.1.1", "Recipient address not accepted", _UNDELIVERABLE,
+        N_("The recipient's e-mail address was not accepted; it may have been mistyped."),
+        # TRANSLATORS: {address} is the relay address the sender wrote to.
+        N_("Please check that you copied the whole relay address, {address}, and try again. "
+           "If it is correct, please use our contact form: {url}")),
+    UndeliverableCause.REJECTED: Explanation(
+        550, "5.7.1", "Message refused by the recipient's server", _UNDELIVERABLE,
+        N_("The recipient's mail server refused your message."), _GET_HELP),
+    UndeliverableCause.TIMED_OUT: Explanation(
+        550, "5.4.7", "Delivery time expired", _UNDELIVERABLE,
+        N_("We tried to deliver your message several times without success, and have now "
+           "stopped trying."), _RETRY),
+}
+"""What an undeliverable copy's notice says, by cause (a dict: one entry per cause)."""
+
+_REFUSAL_OF = {row.outcome: row.said for row in REFUSALS}
 
 def build_notice(n: Notice) -> bytes:
     """The complete notice, CRLF line endings, ready to sign and send."""
@@ -141,84 +228,27 @@ def _human_part(n: Notice, t: NullTranslations, subject: str) -> MIMEPart:
     return part
 
 
+def _said(n: Notice) -> Explanation:
+    """The cause's words for an undeliverable copy whose cause is known, else the refusal's."""
+    if n.reason is Outcome.REFUSED_UNDELIVERABLE and n.cause is not None:
+        return UNDELIVERABLE[n.cause]
+    return _REFUSAL_OF[n.reason]
+
+
 def _why(n: Notice, t: NullTranslations) -> tuple[str, str, str]:
     """Title, explanation and what to do next, worded after the seed help pages."""
-    _ = t.gettext
-    url = n.contact_form_url
-    match n.reason:
-        case Reason.VIRUS:
-            return (_("Attachment blocked by the virus scan"),
-                    _("Your message contains an attachment (a ticket, a map…) that our virus "
-                      "scan found to be infected."),
-                    _("Please remove the infected file, or replace it with a clean copy, then "
-                      "send your message again. If you need help sending this document, "
-                      "please use our contact form: {url}").format(url=url))
-        case Reason.SEVERAL_CUSTOMERS:
-            return (_("Several customers in To or CC"),
-                    _("Your message has several customer addresses in the To or CC field. To "
-                      "protect our customers' privacy, such messages are not delivered."),
-                    _("To write to several customers, put their addresses in the BCC field, "
-                      "or send each customer a separate message."))
-        case Reason.EXPIRED:
-            return (_("Relay address expired"),
-                    t.ngettext("This message cannot be delivered because the conversation is "
-                               "closed: a conversation closes {days} day after the activity.",
-                               "This message cannot be delivered because the conversation is "
-                               "closed: a conversation closes {days} days after the activity.",
-                               n.grace_days).format(days=n.grace_days),
-                    _("If you still need to get in touch, please use our contact form: "
-                      "{url}").format(url=url))
-        case Reason.TOO_LARGE:
-            return (_("Attachment too large"),
-                    # TRANSLATORS: {size} is a whole number of megabytes, e.g. 10.
-                    _("Your message is too large to be delivered: attachments can be up to "
-                      "{size} MB in total.").format(size=n.max_attachment_mb),
-                    _("Please send the attachment as a smaller file, or share it as a link, "
-                      "then send your message again."))
-        case Reason.TOO_COMPLEX:
-            return (_("Message too complex to deliver"),
-                    _("Your message could not be processed: reading it takes far more work "
-                      "than its size would need (for example a header of thousands of lines, "
-                      "or thousands of parts)."),
-                    _("Please send it again in a simpler form, for example as plain text with "
-                      "your documents attached. If you need help, please use our contact "
-                      "form: {url}").format(url=url))
-        case Reason.UNDELIVERABLE:
-            return (_("Message undeliverable"), *_undeliverable(n, t))
-
-
-def _undeliverable(n: Notice, t: NullTranslations) -> tuple[str, str]:
-    _ = t.gettext
-    url = n.contact_form_url
-    retry = _("Please try again later. If the problem continues, please use our contact "
-              "form: {url}").format(url=url)
-    get_help = _("Please use our contact form to get help: {url}").format(url=url)
-    match n.cause:
-        case UndeliverableCause.MAILBOX_FULL:
-            return (_("The recipient's mailbox is full and could not accept your message."),
-                    _("Please try again in a few days. If it is urgent, please use our "
-                      "contact form: {url}").format(url=url))
-        case UndeliverableCause.HOST_UNREACHABLE:
-            return _("The recipient's mail server could not be reached."), retry
-        case UndeliverableCause.TIMED_OUT:
-            return (_("We tried to deliver your message several times without success, and "
-                      "have now stopped trying."), retry)
-        case UndeliverableCause.ADDRESS_INVALID:
-            return (_("The recipient's e-mail address was not accepted; it may have been "
-                      "mistyped."),
-                    # TRANSLATORS: {address} is the relay address the sender wrote to.
-                    _("Please check that you copied the whole relay address, {address}, and "
-                      "try again. If it is correct, please use our contact form: "
-                      "{url}").format(address=n.final_recipient, url=url))
-        case UndeliverableCause.REJECTED:
-            return _("The recipient's mail server refused your message."), get_help
-        case None:
-            return _("Your message could not be delivered to the recipient."), get_help
-
+    said = _said(n)
+    values = {"url": n.contact_form_url, "size": n.max_attachment_mb, "days": n.grace_days,
+              "address": n.final_recipient}
+    explanation = (t.ngettext(*said.explanation, n.grace_days)
+                   if isinstance(said.explanation, tuple) else t.gettext(said.explanation))
+    return (t.gettext(said.title), explanation.format(**values),
+            t.gettext(said.advice).format(**values))
 
 def _status_part(n: Notice) -> MIMEPart:
     """Part 2, ``message/delivery-status``: one per-message and one per-recipient group."""
-    code, status, words = _MACHINE[n.cause if n.reason is Reason.UNDELIVERABLE else n.reason]
+    said = _said(n)
+    code, status, words = said.code, said.status, said.diagnostic
     per_message, per_recipient = Message(policy=_POLICY), Message(policy=_POLICY)
     per_message["Reporting-MTA"] = f"dns; {n.relay_domain}"
     per_recipient["Final-Recipient"] = f"rfc822; {n.final_recipient}"

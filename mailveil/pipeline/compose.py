@@ -12,10 +12,11 @@ from email.utils import make_msgid
 from mailveil.domain.addresses import AddressBook, Role
 from mailveil.domain.booking import Booking, open_until
 from mailveil.domain.threading import IdPair, translate_ids
+from mailveil.domain.verdicts import Outcome
 from mailveil.mail.banner import BOX_STYLE, banner
 from mailveil.mail.inspect import MessageFacts
 from mailveil.mail.mime import header_block
-from mailveil.mail.notices import Notice, Reason, UndeliverableCause, build_notice
+from mailveil.mail.notices import Notice, UndeliverableCause, build_notice
 from mailveil.mail.rewrite import RewritePlan, rewrite
 from mailveil.pipeline.rules import MAX_ATTACHMENT_MB
 
@@ -76,7 +77,7 @@ def relay_copy(raw: bytes, facts: MessageFacts, booking: Booking, recipient_role
     return Relayed(rewrite(raw, plan), message_id, pair)
 
 
-def notice(*, reason: Reason, cause: UndeliverableCause | None, booking: Booking,
+def notice(*, reason: Outcome, cause: UndeliverableCause | None, booking: Booking,
            sender_role: Role, original: bytes, facts: MessageFacts, book: AddressBook,
            voice: Voice, now: datetime) -> tuple[bytes, str]:
     """A DSN to the sender of a refused message, in their language."""

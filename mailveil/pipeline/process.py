@@ -36,7 +36,7 @@ from mailveil.domain.verdicts import Outcome, SenderCheck
 from mailveil.mail.bounces import BounceReport, parse_report
 from mailveil.mail.inspect import MessageFacts, facts
 from mailveil.mail.mime import header_block
-from mailveil.mail.notices import Reason, UndeliverableCause
+from mailveil.mail.notices import UndeliverableCause
 from mailveil.metrics import DECIDED, ERRORS
 from mailveil.pipeline import compose
 from mailveil.pipeline.rules import Context, Recipient, decide, may_notify
@@ -46,11 +46,6 @@ from mailveil.store.batch import write_batch
 log = logging.getLogger(__name__)
 
 Signer = Callable[[bytes], bytes]
-
-
-def reason_of(outcome: Outcome) -> Reason:
-    """The notice explaining a refusal: each ``refused_<reason>`` outcome names its reason."""
-    return Reason(outcome.removeprefix("refused_"))
 
 
 @dataclass(frozen=True)
@@ -110,7 +105,7 @@ class Explained:
 
 
 def notice_copy(p: Pipeline, inbound_id: int, raw: bytes, info: MessageFacts,
-                recipient: Recipient, reason: Reason, cause: UndeliverableCause | None,
+                recipient: Recipient, reason: Outcome, cause: UndeliverableCause | None,
                 now: datetime) -> repo.NewOutbound:
     """Tell the sender of ``raw`` why it did not reach ``recipient``.
 
@@ -212,7 +207,7 @@ class Processor:
             # One notice: the sender wrote one message.
             result.outbound.append(notice_copy(
                 self._p, message.id, message.raw, info, recipients[0],
-                reason_of(Outcome.REFUSED_TOO_COMPLEX), None, now))
+                Outcome.REFUSED_TOO_COMPLEX, None, now))
         return result
 
     def _failed(self, message: repo.Claimed, exc: Exception,
@@ -252,7 +247,7 @@ class Processor:
             elif d.outcome not in told and self._may_notify(message.mail_from, info):
                 told.add(d.outcome)
                 result.outbound.append(notice_copy(self._p, message.id, message.raw, info, r,
-                                                   reason_of(d.outcome), None, now))
+                                                   d.outcome, None, now))
         return result
 
     def _relay(self, result: Result, info: MessageFacts, r: Recipient, known: Known) -> None:
@@ -335,7 +330,7 @@ class Processor:
                                               cause))
         if self._may_notify(original.mail_from, info):
             done.notice = notice_copy(self._p, original.id, original.raw, info, recipient,
-                                      Reason.UNDELIVERABLE, cause, now)
+                                      Outcome.REFUSED_UNDELIVERABLE, cause, now)
         return done
 
 

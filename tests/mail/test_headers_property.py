@@ -21,8 +21,9 @@ from email.message import EmailMessage
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mailveil.domain.verdicts import Outcome
 from mailveil.mail.mime import MAX_LINE, fold, header_block, header_text
-from mailveil.mail.notices import Notice, Reason, build_notice
+from mailveil.mail.notices import Notice, build_notice
 from mailveil.mail.rewrite import KEPT_HEADERS, RewritePlan, rewrite
 
 REAL = "ann@customer.example"
@@ -176,6 +177,20 @@ def test_the_top_level_content_id_is_dropped_and_a_part_s_kept() -> None:
     assert [p["Content-ID"] for p in message.iter_parts()] == [None, "<p1@x>"]
 
 
+def test_a_part_s_long_mime_field_is_folded_and_keeps_its_meaning() -> None:
+    name = "Angebot " * 150 + "final.pdf"
+    raw = (
+        'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n'
+        f'Content-Type: application/pdf\r\nContent-Disposition: attachment; filename="{name}"'
+        "\r\n\r\nAAAA\r\n--b--\r\n"
+    ).encode()
+    out = rewrite(raw, PLAN)
+    assert_one_field_per_line(header_block(out.split(b"--b\r\n")[1]))
+    attachment = next(iter(assert_relayed_headers(out, {"content-type"}).iter_attachments()))
+    assert attachment.get_filename() == name
+    assert attachment.get_content() == b"\x00\x00\x00"
+
+
 def test_fold_writes_a_value_too_long_for_any_line_as_nothing() -> None:
     assert fold("To", f"{'x' * 1200}@example.org") == b""
     assert fold("X" * 1000, "1") == b""
@@ -239,7 +254,7 @@ def test_subjects_and_file_names_from_mail(
 
 def notice(**changes: object) -> Notice:
     base = Notice(
-        reason=Reason.EXPIRED, cause=None, locale="en", to_name="Ann",
+        reason=Outcome.REFUSED_EXPIRED, cause=None, locale="en", to_name="Ann",
         to_address=REAL, relay_domain="reply.example.com",
         noreply_address="no-reply@reply.example.com", platform_name="mailveil",
         booking_reference="GYG-1", original_subject="Pick-up", original_message_id=None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import operator
 import re
+from collections import Counter
 from datetime import UTC, datetime
 from email import message_from_bytes, message_from_string, policy
 from email.message import EmailMessage, Message
@@ -14,8 +15,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mailveil.domain.verdicts import Outcome
 from mailveil.mail.bounces import parse_report
-from mailveil.mail.notices import Notice, Reason, UndeliverableCause, build_notice
+from mailveil.mail.notices import (
+    REFUSALS,
+    UNDELIVERABLE,
+    Explanation,
+    Notice,
+    UndeliverableCause,
+    build_notice,
+)
 from tests.support.long_lines import long_lines
 
 SENDER = "ann.supplier@tours-ann.example"
@@ -28,13 +37,14 @@ ORIGINAL_HEADERS = (
     "Message-ID: <orig-1@tours-ann.example>\r\nDate: Sat, 01 Mar 2025 09:00:00 +0100\r\n\r\n"
 ).encode()
 
-ALL_CASES = [(Reason.UNDELIVERABLE, cause) for cause in [*UndeliverableCause, None]] + [
-    (reason, None) for reason in Reason if reason is not Reason.UNDELIVERABLE]
+REFUSED = [outcome for outcome in Outcome if outcome.startswith("refused_")]
+ALL_CASES = [(Outcome.REFUSED_UNDELIVERABLE, cause) for cause in [*UndeliverableCause, None]] + [
+    (reason, None) for reason in REFUSED if reason is not Outcome.REFUSED_UNDELIVERABLE]
 
 
 def notice(**changes: object) -> Notice:
     base = Notice(
-        reason=Reason.UNDELIVERABLE, cause=UndeliverableCause.MAILBOX_FULL, locale="en",
+        reason=Outcome.REFUSED_UNDELIVERABLE, cause=UndeliverableCause.MAILBOX_FULL, locale="en",
         to_name="Ann Supplier", to_address=SENDER, relay_domain="reply.example.com",
         noreply_address=NOREPLY, platform_name="Tourly", booking_reference="GYG-7Q2X",
         original_subject="Pick-up time", original_message_id="<orig-1@tours-ann.example>",
@@ -80,7 +90,7 @@ def everything(raw: bytes) -> str:
 
 @pytest.mark.parametrize(("reason", "cause"), ALL_CASES)
 def test_is_a_well_formed_delivery_status_notification(
-        reason: Reason, cause: UndeliverableCause | None) -> None:
+        reason: Outcome, cause: UndeliverableCause | None) -> None:
     raw = build_notice(notice(reason=reason, cause=cause))
     assert b"\n" not in raw.replace(b"\r\n", b""), "CRLF line endings only"
     assert raw.isascii(), "7-bit safe for any hop"
@@ -100,21 +110,32 @@ def test_is_a_well_formed_delivery_status_notification(
 
 
 @pytest.mark.parametrize(("reason", "cause", "status"), [
-    (Reason.UNDELIVERABLE, UndeliverableCause.MAILBOX_FULL, "5.2.2"),
-    (Reason.UNDELIVERABLE, UndeliverableCause.ADDRESS_INVALID, "5.1.1"),
-    (Reason.UNDELIVERABLE, UndeliverableCause.HOST_UNREACHABLE, "5.4.1"),
-    (Reason.UNDELIVERABLE, UndeliverableCause.TIMED_OUT, "5.4.7"),
-    (Reason.UNDELIVERABLE, UndeliverableCause.REJECTED, "5.7.1"),
-    (Reason.UNDELIVERABLE, None, "5.0.0"),
-    (Reason.TOO_LARGE, None, "5.3.4"),
-    (Reason.VIRUS, None, "5.7.1"),
-    (Reason.SEVERAL_CUSTOMERS, None, "5.7.1"),
-    (Reason.EXPIRED, None, "5.2.1"),
+    (Outcome.REFUSED_UNDELIVERABLE, UndeliverableCause.MAILBOX_FULL, "5.2.2"),
+    (Outcome.REFUSED_UNDELIVERABLE, UndeliverableCause.ADDRESS_INVALID, "5.1.1"),
+    (Outcome.REFUSED_UNDELIVERABLE, UndeliverableCause.HOST_UNREACHABLE, "5.4.1"),
+    (Outcome.REFUSED_UNDELIVERABLE, UndeliverableCause.TIMED_OUT, "5.4.7"),
+    (Outcome.REFUSED_UNDELIVERABLE, UndeliverableCause.REJECTED, "5.7.1"),
+    (Outcome.REFUSED_UNDELIVERABLE, None, "5.0.0"),
+    (Outcome.REFUSED_TOO_LARGE, None, "5.3.4"),
+    (Outcome.REFUSED_VIRUS, None, "5.7.1"),
+    (Outcome.REFUSED_SEVERAL_CUSTOMERS, None, "5.7.1"),
+    (Outcome.REFUSED_EXPIRED, None, "5.2.1"),
 ])
-def test_status_code_matches_the_reason(reason: Reason, cause: UndeliverableCause | None,
+def test_status_code_matches_the_reason(reason: Outcome, cause: UndeliverableCause | None,
                                         status: str) -> None:
     assert status_groups(parse(build_notice(notice(reason=reason, cause=cause))))[1][
         "Status"] == status
+
+
+def test_every_refusal_has_exactly_one_row_and_nothing_else_has_one() -> None:
+    assert Counter(row.outcome for row in REFUSALS) == Counter(REFUSED)
+    assert set(UNDELIVERABLE) == set(UndeliverableCause)  # a dict: one entry per cause
+
+
+@pytest.mark.parametrize("said", [row.said for row in REFUSALS] + list(UNDELIVERABLE.values()))
+def test_reply_code_and_enhanced_status_agree(said: Explanation) -> None:
+    assert said.code // 100 == 5 and said.status.startswith("5.")
+    assert len(f"Diagnostic-Code: smtp; {said.code} {said.status} {said.diagnostic}") <= 78
 
 
 @pytest.mark.parametrize("cause", list(UndeliverableCause))
@@ -186,20 +207,21 @@ def test_unknown_locales_get_english(locale: str) -> None:
 
 
 @pytest.mark.parametrize(("reason", "cause", "phrases"), [
-    (Reason.VIRUS, None, ["virus scan", "remove the infected file", "contact form"]),
-    (Reason.SEVERAL_CUSTOMERS, None, ["To or CC", "BCC", "separate message", "privacy"]),
-    (Reason.EXPIRED, None, ["conversation is closed", "7 days after the activity",
+    (Outcome.REFUSED_VIRUS, None, ["virus scan", "remove the infected file", "contact form"]),
+    (Outcome.REFUSED_SEVERAL_CUSTOMERS, None, ["To or CC", "BCC", "separate message", "privacy"]),
+    (Outcome.REFUSED_EXPIRED, None, ["conversation is closed", "7 days after the activity",
                             "contact form: https://tourly.example/contact"]),
-    (Reason.TOO_LARGE, None, ["up to 10 MB", "smaller file", "link"]),
-    (Reason.UNDELIVERABLE, UndeliverableCause.ADDRESS_INVALID,
+    (Outcome.REFUSED_TOO_LARGE, None, ["up to 10 MB", "smaller file", "link"]),
+    (Outcome.REFUSED_UNDELIVERABLE, UndeliverableCause.ADDRESS_INVALID,
      [f"copied the whole relay address, {RELAY},", "mistyped"]),
-    (Reason.UNDELIVERABLE, UndeliverableCause.HOST_UNREACHABLE,
+    (Outcome.REFUSED_UNDELIVERABLE, UndeliverableCause.HOST_UNREACHABLE,
      ["could not be reached", "try again later"]),
-    (Reason.UNDELIVERABLE, UndeliverableCause.TIMED_OUT, ["several times", "try again later"]),
-    (Reason.UNDELIVERABLE, UndeliverableCause.REJECTED, ["refused", "contact form"]),
-    (Reason.UNDELIVERABLE, None, ["could not be delivered", "contact form"]),
+    (Outcome.REFUSED_UNDELIVERABLE, UndeliverableCause.TIMED_OUT,
+     ["several times", "try again later"]),
+    (Outcome.REFUSED_UNDELIVERABLE, UndeliverableCause.REJECTED, ["refused", "contact form"]),
+    (Outcome.REFUSED_UNDELIVERABLE, None, ["could not be delivered", "contact form"]),
 ])
-def test_says_what_happened_and_what_to_do(reason: Reason, cause: UndeliverableCause | None,
+def test_says_what_happened_and_what_to_do(reason: Outcome, cause: UndeliverableCause | None,
                                            phrases: list[str]) -> None:
     text = human_text(build_notice(notice(reason=reason, cause=cause)))
     assert "“Pick-up time” about booking GYG-7Q2X was not delivered" in text
@@ -214,13 +236,13 @@ def test_says_what_happened_and_what_to_do(reason: Reason, cause: UndeliverableC
     ("de", 1, "1 Tag nach"), ("es", 14, "14 días después"), ("th", 7, "7 วันหลังจาก"),
 ])
 def test_grace_period_is_counted_in_words(locale: str, days: int, phrase: str) -> None:
-    assert phrase in human_text(build_notice(notice(reason=Reason.EXPIRED, locale=locale,
+    assert phrase in human_text(build_notice(notice(reason=Outcome.REFUSED_EXPIRED, locale=locale,
                                                     grace_days=days)))
 
 
 @pytest.mark.parametrize(("reason", "cause"), ALL_CASES)
 @pytest.mark.parametrize("locale", ["en", "fr", "th", "de", "es"])
-def test_never_names_the_other_party(locale: str, reason: Reason,
+def test_never_names_the_other_party(locale: str, reason: Outcome,
                                      cause: UndeliverableCause | None) -> None:
     seen = everything(build_notice(notice(locale=locale, reason=reason, cause=cause)))
     assert not any(hidden in seen for hidden in HIDDEN)
@@ -270,7 +292,7 @@ ODD_TEXT = st.one_of(
        locale=st.sampled_from(["en", "fr", "th", "de", "es"]), case=st.sampled_from(ALL_CASES))
 def test_no_line_is_longer_than_998_whatever_the_names_and_subjects(
         name: str, subject: str, platform: str, message_id: str, headers: bytes,
-        utf8_address: bool, locale: str, case: tuple[Reason, UndeliverableCause | None]) -> None:
+        utf8_address: bool, locale: str, case: tuple[Outcome, UndeliverableCause | None]) -> None:
     raw = build_notice(notice(
         to_name=name, original_subject=subject, platform_name=platform,
         original_message_id=message_id, original_headers=headers,
