@@ -243,8 +243,18 @@ def _scrubbed_value(found: Field, replacements: Mapping[str, str], *, boundary: 
 
 
 def _scrub_fields(entity: Entity, replacements: Mapping[str, str]) -> Entity:
+    """The entity's own fields scrubbed; a MIME field with a line over the limit is folded
+    afresh, which keeps its meaning (long parameters become RFC 2231 sections). Other long
+    fields (a forwarded message's provider headers) keep their text: :func:`_broken`
+    breaks their lines."""
     boundary = _has_boundary(entity)
-    return entity.refolded(lambda found: _new_value(found, replacements, boundary=boundary))
+
+    def value_of(found: Field) -> str | None:
+        new = _new_value(found, replacements, boundary=boundary)
+        mime_field = found.key.startswith("content-")
+        return found.decoded if new is None and mime_field and found.too_long else new
+
+    return entity.refolded(value_of)
 
 
 def _has_boundary(entity: Entity) -> bool:
@@ -448,11 +458,14 @@ def _opaque(entity: Entity, replacements: Mapping[str, str]) -> Entity:
     """A text leaf that cannot be read as text goes out like an attachment: its bytes as
     they came, but for real addresses spelled in ASCII (see :func:`scrub_bytes`); no banner.
 
-    A broken base64 body is scrubbed as it stands, a readable one decoded and re-encoded.
+    A broken base64 body is scrubbed as it stands (its long lines broken: readers decode it
+    leniently, skipping white space, so they show the same), a readable one decoded and
+    re-encoded.
     """
     data = _shown(entity, None, replacements)
     if data is None:
-        return _within_limit(replace(entity, body=scrub_bytes(entity.body, replacements)))
+        return replace(entity, body=_broken(scrub_bytes(entity.body, replacements),
+                                            entity.newline))
     new = scrub_bytes(data, replacements)
     if new == data:
         return _within_limit(entity)

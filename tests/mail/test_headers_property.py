@@ -188,7 +188,7 @@ def test_a_part_s_long_mime_field_is_folded_and_keeps_its_meaning() -> None:
     assert_one_field_per_line(header_block(out.split(b"--b\r\n")[1]))
     attachment = next(iter(assert_relayed_headers(out, {"content-type"}).iter_attachments()))
     assert attachment.get_filename() == name
-    assert attachment.get_content() == b"\x00\x00\x00"
+    assert out.endswith(b"\r\n\r\nAAAA\r\n--b--\r\n")
 
 
 def test_fold_writes_a_value_too_long_for_any_line_as_nothing() -> None:
