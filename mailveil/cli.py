@@ -12,6 +12,7 @@ from typing import Any
 
 from mailveil import service
 from mailveil.config import ConfigError, Settings, from_env
+from mailveil.doctor import examine
 from mailveil.store.db import make_engine, migrate, session_factory
 from mailveil.store.retention import Retention, purge, verify
 
@@ -60,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
         commands.add_parser(role, help="smtp + worker + web in one process" if role == "serve"
                             else f"run the {role} role only")
     commands.add_parser("migrate", help="apply database migrations")
+    doctor = commands.add_parser("doctor", help="check DNS, certificates, smarthost, database "
+                                                "and clamd of this configuration")
+    doctor.add_argument("--ip", action="append", default=[],
+                        help="an address mail leaves from, for the SPF check (default: the "
+                             "MX hosts' addresses); may be repeated")
     archive = commands.add_parser("archive", help="archive maintenance")
     archive.add_argument("action", choices=["verify", "purge"],
                          help="verify: check stored messages against their SHA-256; "
@@ -79,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "archive":
         return _archive(settings, args.action)
+    if args.command == "doctor":
+        findings = asyncio.run(examine(settings, args.ip))
+        for finding in findings:
+            print(finding)
+        return 0 if all(f.ok for f in findings) else 1
     asyncio.run(service.run(settings, args.command))
     return 0
 

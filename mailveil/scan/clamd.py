@@ -54,6 +54,11 @@ class Clamd:
         if reply != "PONG":
             raise ScannerUnavailable(f"clamd at {self.address} answered {reply!r} to PING")
 
+    async def version(self) -> str:
+        """clamd's answer to VERSION: ``ClamAV 1.4.6/27473/Sat Nov 29 09:36:02 2026`` with
+        the signature database's version and date, or only the engine's without one."""
+        return await self._exchange(b"zVERSION\0", None)
+
     async def instream(self, data: bytes) -> str | None:
         reply = await self._exchange(b"zINSTREAM\0", data)
         if reply == "stream: OK":

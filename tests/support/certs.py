@@ -49,7 +49,8 @@ class Authority:
         path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
         return path
 
-    def issue(self, hostname: str, directory: Path) -> KeyPair:
+    def issue(self, hostname: str, directory: Path, valid_for: timedelta = timedelta(days=1)
+              ) -> KeyPair:
         """A server certificate for ``hostname`` (a name or an IP address), written as
         ``cert.pem`` and ``key.pem`` in ``directory``."""
         key = ec.generate_private_key(ec.SECP256R1())
@@ -62,7 +63,7 @@ class Authority:
                 .subject_name(_name(hostname)).issuer_name(self.cert.subject)
                 .public_key(key.public_key()).serial_number(x509.random_serial_number())
                 .not_valid_before(now - timedelta(hours=1))
-                .not_valid_after(now + timedelta(days=1))
+                .not_valid_after(now + valid_for)
                 .add_extension(x509.SubjectAlternativeName([alt]), critical=False)
                 .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
                 .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
