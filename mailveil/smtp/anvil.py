@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.orm import Session
 
-from mailveil.metrics import COOLDOWNS, LIMIT, LIMIT_REFUSED
+from mailveil.metrics import COOLDOWNS, ERRORS, LIMIT, LIMIT_REFUSED
 from mailveil.smtp import limits, replies
 from mailveil.smtp.limits import Limits
 from mailveil.store import limits as store
@@ -189,6 +189,9 @@ class Anvil:
             except DATABASE_UNAVAILABLE:
                 log.warning("limits: database unavailable; deciding from this process's "
                             "counts until it is back")
+            except Exception:  # a round lost, never the sharing: the counts are kept
+                log.exception("limits: a sharing round raised")
+                ERRORS.labels(stage="limits").inc()
 
     async def sync(self) -> None:
         """One round: write what this process counted, read back what all counted."""
