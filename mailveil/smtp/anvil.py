@@ -36,6 +36,7 @@ SYNC_SECONDS = 1.0
 LISTENER_ALIVE = timedelta(seconds=10)  # a listener silent this long holds no sessions
 
 CONNECT, UNKNOWN, SENDER = "connect", "unknown", "sender"
+Counts = dict[str, Counter[int]]  # events per key and time bucket
 
 
 def sender_key(sender: str, relay_address: str) -> str:
@@ -65,10 +66,10 @@ class Anvil:
         self._active: Counter[str] = Counter()
         self._active_changed = True
         self._others: dict[str, int] = {}
-        # Per kind, {(key, bucket): events}: not yet written, being written, and the sums
+        # Per kind, {key: {bucket: events}}: not yet written, being written, and the sums
         # of every listener as last read (this one's written events included).
-        self._pending: dict[str, Counter[tuple[str, int]]] = {k: Counter() for k in self._rates}
-        self._writing: dict[str, Counter[tuple[str, int]]] = {k: Counter() for k in self._rates}
+        self._pending: dict[str, Counts] = {k: {} for k in self._rates}
+        self._writing: dict[str, Counts] = {k: {} for k in self._rates}
         self._shared: dict[str, dict[str, tuple[int, int]]] = {k: {} for k in self._rates}
         self._cooled: dict[str, float] = {}
         self._new_cooldowns: dict[str, float] = {}
@@ -98,15 +99,15 @@ class Anvil:
         if shared is not None:
             total, oldest = shared
         for local in (self._pending[kind], self._writing[kind]):
-            for (k, bucket), n in local.items():
-                if k == key and bucket >= first:
+            for bucket, n in local.get(key, {}).items():
+                if bucket >= first:
                     total += n
                     oldest = bucket if oldest is None else min(oldest, bucket)
         return total, oldest
 
     def _add(self, kind: str, key: str) -> None:
         _, current = limits.window(self._clock(), self._rates[kind])
-        self._pending[kind][(key, current)] += 1
+        self._pending[kind].setdefault(key, Counter())[current] += 1
 
     def _refused(self, limit: str, key: str, reply: str) -> str:
         LIMIT_REFUSED.labels(limit=limit).inc()
@@ -197,7 +198,7 @@ class Anvil:
         """One round: write what this process counted, read back what all counted."""
         # Still counted, as being written, until the sums that include them are in.
         writing = self._writing = self._pending
-        self._pending = {k: Counter() for k in self._rates}
+        self._pending = {k: {} for k in self._rates}
         active = dict(self._active) if self._active_changed else None
         self._active_changed = False
         cooldowns, self._new_cooldowns = self._new_cooldowns, {}
@@ -213,18 +214,19 @@ class Anvil:
                     self._exchange, writing, active, cooldowns, now, firsts)
         except BaseException:
             for kind, counts in writing.items():  # written next round
-                self._pending[kind].update(counts)
+                for key, buckets in counts.items():
+                    self._pending[kind].setdefault(key, Counter()).update(buckets)
             self._new_cooldowns.update(cooldowns)
             self._active_changed = self._active_changed or active is not None
             raise
         finally:
-            self._writing = {k: Counter() for k in self._rates}
+            self._writing = {k: {} for k in self._rates}
         self._shared, self._others = shared, others
         for key, until in self._cooled.items():  # this process's own may not be written yet
             cooled[key] = max(until, cooled.get(key, until))
         self._cooled = {key: until for key, until in cooled.items() if until > now}
 
-    def _local(self, writing: dict[str, Counter[tuple[str, int]]], firsts: dict[str, int]
+    def _local(self, writing: dict[str, Counts], firsts: dict[str, int]
                ) -> dict[str, dict[str, tuple[int, int]]]:
         """Without a database: the sums of this process alone (a key's total is dropped
         once its oldest bucket leaves the window: this mode serves tests, not deployments)."""
@@ -232,14 +234,15 @@ class Anvil:
         for kind, counts in writing.items():
             merged = {key: (total, oldest) for key, (total, oldest) in self._shared[kind].items()
                       if oldest >= firsts[kind]}
-            for (key, bucket), n in counts.items():
-                if bucket >= firsts[kind]:
-                    total, oldest = merged.get(key, (0, bucket))
-                    merged[key] = (total + n, min(oldest, bucket))
+            for key, buckets in counts.items():
+                for bucket, n in buckets.items():
+                    if bucket >= firsts[kind]:
+                        total, oldest = merged.get(key, (0, bucket))
+                        merged[key] = (total + n, min(oldest, bucket))
             shared[kind] = merged
         return shared
 
-    def _exchange(self, writing: dict[str, Counter[tuple[str, int]]],
+    def _exchange(self, writing: dict[str, Counts],
                   active: dict[str, int] | None, cooldowns: dict[str, float], now: float,
                   firsts: dict[str, int]
                   ) -> tuple[dict[str, dict[str, tuple[int, int]]], dict[str, int],
@@ -249,7 +252,8 @@ class Anvil:
         alive_since = _at(now) - LISTENER_ALIVE
         with self._sessions() as s, s.begin():
             for kind, counts in writing.items():
-                store.add(s, kind, counts)
+                store.add(s, kind, {(key, bucket): n for key, buckets in counts.items()
+                                    for bucket, n in buckets.items()})
                 store.forget(s, kind, firsts[kind])
             store.publish_sessions(s, self._listener, active, _at(now))
             store.forget_listeners(s, alive_since)
