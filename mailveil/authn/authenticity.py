@@ -79,33 +79,17 @@ class FromShape(StrEnum):
     NO_ADDRESS = "no address"  # empty, "<>", or nothing that reads as local@domain
 
 
-# Reasons, with the enhanced status code (RFC 3463, RFC 7372): the listener answers
-# "550 <reason>" on REJECT and "451 <reason>" on TEMPFAIL. None names an address.
-AUTHENTICATED: Final = "2.7.0 Sender authenticated"
-UNVERIFIED: Final = ("2.7.0 Sender not verified: the domain publishes no SPF, DKIM or DMARC "
-                     "that proves it sent this message")
-UNVERIFIED_REFUSED: Final = ("5.7.27 The sender's domain publishes no SPF, DKIM or DMARC that "
-                             "proves it sent this message, and this relay accepts only mail "
-                             "it can verify")
-FROM_MISMATCH: Final = ("5.7.1 The From header must show the sender address registered for "
-                        "this booking")
-FROM_REFUSED: Final[dict[FromShape, str]] = {
-    FromShape.MISSING: "5.7.1 The message has no From header: it must show exactly one "
-                       "sender address",
-    FromShape.SEVERAL_FIELDS: "5.7.1 The message has several From headers: it must have "
-                              "exactly one",
-    FromShape.SEVERAL_ADDRESSES: "5.7.1 The From header shows several addresses: it must show "
-                                 "exactly one",
-    FromShape.GROUP: "5.7.1 The From header is a group: it must show the sender's own address",
-    FromShape.NO_ADDRESS: "5.7.1 The From header shows no readable address: it must show the "
-                          "sender's own address",
-}
-DMARC_FAIL: Final = ("5.7.26 Message fails DMARC authentication and the sender's domain asks "
-                     "receivers to refuse such mail")
-SPF_FAIL: Final = ("5.7.23 The sending server is not allowed by the SPF record of the sender's "
-                   "domain, and no valid DKIM signature of that domain covers the message")
-DNS_TEMPFAIL: Final = ("4.4.3 The sender's SPF, DKIM or DMARC records cannot be looked up now, "
-                       "please try again later")
+class Refusal(StrEnum):
+    """Why a message is refused: a fact of the check, worded by the listener as the reply of
+    the same name in :mod:`mailveil.smtp.replies`, which speaks SMTP; this module only
+    decides (the RCPT gate's :class:`~mailveil.domain.verdicts.Rejection` works the same)."""
+
+    FROM_SHAPE = "from shape"  # see from_shape: not exactly one mailbox
+    FROM_MISMATCH = "from mismatch"  # From is not the envelope sender
+    DMARC_FAIL = "dmarc fail"  # and the domain's policy is quarantine or reject
+    SPF_FAIL = "spf fail"  # no DMARC policy to apply, and SPF fails hard
+    UNVERIFIED = "unverified"  # nothing proved it, and MAILVEIL_UNVERIFIED_SENDERS=refuse
+    DNS_TEMPFAIL = "dns tempfail"  # the records cannot be looked up now: try again later
 
 
 class Verdict(StrEnum):
@@ -114,9 +98,16 @@ class Verdict(StrEnum):
     TEMPFAIL = "tempfail"  # answered 451: the sender's server tries again later
 
 
+def verdict_of(refusal: Refusal | None) -> Verdict:
+    """Only a DNS failure is temporary: everything else is a fact of the message."""
+    if refusal is None:
+        return Verdict.ACCEPT
+    return Verdict.TEMPFAIL if refusal is Refusal.DNS_TEMPFAIL else Verdict.REJECT
+
+
 @dataclass(frozen=True)
 class Authenticity:
-    """What the checks found, kept with the message; ``verdict`` and ``reason`` follow."""
+    """What the checks found, kept with the message; ``refusal`` and ``verdict`` follow."""
 
     spf: SpfResult
     dkim: tuple[tuple[str, DkimResult], ...]  # (d= domain, result), in header order
@@ -138,32 +129,28 @@ class Authenticity:
 
     @property
     def verdict(self) -> Verdict:
-        return self._decision()[0]
+        return verdict_of(self.refusal)
 
     @property
-    def reason(self) -> str:
-        return self._decision()[1]
-
-    def _decision(self) -> tuple[Verdict, str]:
+    def refusal(self) -> Refusal | None:
+        """Why the message is refused, or None when it is accepted."""
         # The From shape and the From mailbox are facts of the message alone: refused
         # before anything the DNS said. The null sender (a bounce) has no registered
         # address to compare with: DMARC alone judges its From.
         if self.from_shape is not FromShape.ONE:
-            return Verdict.REJECT, FROM_REFUSED[self.from_shape]
+            return Refusal.FROM_SHAPE
         if self.mail_from and not same_mailbox(self.from_address, self.mail_from):
-            return Verdict.REJECT, FROM_MISMATCH
+            return Refusal.FROM_MISMATCH
         if self.verified:
-            return Verdict.ACCEPT, AUTHENTICATED
+            return None
         if self.dmarc == "temperror":
-            return Verdict.TEMPFAIL, DNS_TEMPFAIL
+            return Refusal.DNS_TEMPFAIL
         if self.dmarc == "fail" and self.policy != "none":
-            return Verdict.REJECT, DMARC_FAIL
+            return Refusal.DMARC_FAIL
         # No DMARC record, or p=none (monitoring): the domain's SPF hard fail still counts.
         if self.spf == "fail":
-            return Verdict.REJECT, SPF_FAIL
-        if self.refuse_unverified:
-            return Verdict.REJECT, UNVERIFIED_REFUSED
-        return Verdict.ACCEPT, UNVERIFIED
+            return Refusal.SPF_FAIL
+        return Refusal.UNVERIFIED if self.refuse_unverified else None
 
 
 async def check(raw: bytes, *, client_ip: str, helo: str, mail_from: str,

@@ -183,11 +183,11 @@ class RelayHandler:
         with DNS_SECONDS.time():
             client, helo = client_of(session, envelope)
             result = await self._authenticate(raw, client_ip=client, helo=helo, mail_from=sender)
-        if result.verdict is Verdict.ACCEPT:
+        if result.refusal is None:
             return None, SenderCheck.VERIFIED if result.verified else SenderCheck.UNVERIFIED
         log.info("authenticity", extra={"verdict": result.verdict.value, "spf": result.spf,
-                                        "dmarc": result.dmarc, "reason": result.reason})
-        code = "550" if result.verdict is Verdict.REJECT else "451"
-        if code == "451":
+                                        "dmarc": result.dmarc, "reason": result.refusal.value,
+                                        "from_shape": result.from_shape.value})
+        if result.verdict is Verdict.TEMPFAIL:
             DEFERRED.labels(reason="dns").inc()
-        return f"{code} {result.reason}", SenderCheck.NOT_CHECKED
+        return replies.sender_refused(result.refusal, result.from_shape), SenderCheck.NOT_CHECKED

@@ -6,6 +6,8 @@ each says plainly what happened and none names a real address.
 
 from typing import Final
 
+from mailveil.authn.authenticity import FromShape, Refusal
+
 S250_QUEUED: Final = "250 2.0.0 Ok: queued as {id}"
 S250_RCPT_OK: Final = "250 2.1.5 Ok"
 S550_UNKNOWN: Final = "550 5.1.1 No such relay address here"
@@ -45,3 +47,49 @@ S421_COOLDOWN: Final = ("421 4.7.0 Too many unknown relay addresses from your ad
 S451_SENDER_RATE: Final = ("451 4.7.1 Too many messages from this sender to this conversation "
                            "(at most {count} in {seconds} seconds), please try again in "
                            "{retry} seconds")
+
+# The DATA-time sender check (mailveil/authn/authenticity.py), RFC 7372's codes where it
+# has one. None names an address.
+S550_FROM_MISSING: Final = ("550 5.7.1 The message has no From header: it must show exactly "
+                            "one sender address")
+S550_FROM_SEVERAL_FIELDS: Final = ("550 5.7.1 The message has several From headers: it must "
+                                   "have exactly one")
+S550_FROM_SEVERAL_ADDRESSES: Final = ("550 5.7.1 The From header shows several addresses: it "
+                                      "must show exactly one")
+S550_FROM_GROUP: Final = ("550 5.7.1 The From header is a group: it must show the sender's "
+                          "own address")
+S550_FROM_NO_ADDRESS: Final = ("550 5.7.1 The From header shows no readable address: it must "
+                               "show the sender's own address")
+S550_FROM_MISMATCH: Final = ("550 5.7.1 The From header must show the sender address "
+                             "registered for this booking")
+S550_DMARC_FAIL: Final = ("550 5.7.26 Message fails DMARC authentication and the sender's "
+                          "domain asks receivers to refuse such mail")
+S550_SPF_FAIL: Final = ("550 5.7.23 The sending server is not allowed by the SPF record of the "
+                        "sender's domain, and no valid DKIM signature of that domain covers "
+                        "the message")
+S550_UNVERIFIED: Final = ("550 5.7.27 The sender's domain publishes no SPF, DKIM or DMARC "
+                          "that proves it sent this message, and this relay accepts only mail "
+                          "it can verify")
+S451_SENDER_DNS: Final = ("451 4.4.3 The sender's SPF, DKIM or DMARC records cannot be looked "
+                          "up now, please try again later")
+
+FROM_REFUSED: Final[dict[FromShape, str]] = {
+    FromShape.MISSING: S550_FROM_MISSING,
+    FromShape.SEVERAL_FIELDS: S550_FROM_SEVERAL_FIELDS,
+    FromShape.SEVERAL_ADDRESSES: S550_FROM_SEVERAL_ADDRESSES,
+    FromShape.GROUP: S550_FROM_GROUP,
+    FromShape.NO_ADDRESS: S550_FROM_NO_ADDRESS,
+}
+SENDER_REFUSED: Final[dict[Refusal, str]] = {
+    Refusal.FROM_MISMATCH: S550_FROM_MISMATCH,
+    Refusal.DMARC_FAIL: S550_DMARC_FAIL,
+    Refusal.SPF_FAIL: S550_SPF_FAIL,
+    Refusal.UNVERIFIED: S550_UNVERIFIED,
+    Refusal.DNS_TEMPFAIL: S451_SENDER_DNS,
+}
+
+
+def sender_refused(refusal: Refusal, shape: FromShape) -> str:
+    """The reply for a message the sender check refuses; a From of the wrong shape is told
+    which shape it has."""
+    return FROM_REFUSED[shape] if refusal is Refusal.FROM_SHAPE else SENDER_REFUSED[refusal]

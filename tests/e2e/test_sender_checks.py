@@ -16,9 +16,9 @@ from email.message import EmailMessage
 
 import pytest
 
-from mailveil.authn import authenticity
 from mailveil.authn.authenticity import FromShape
 from mailveil.mail.dkim import sign
+from mailveil.smtp import replies
 from tests.conftest import Mailveil
 from tests.support.client import CUSTOMER, archive, register
 from tests.support.dns import (
@@ -75,16 +75,21 @@ def _send(smtp: smtplib.SMTP, sender: str, to: str, raw: bytes) -> Reply:
     return code, "" if code == 250 else text.decode()
 
 
+def _reply(text: str) -> Reply:
+    """A named reply as smtplib gives it back: the code, and the rest of the line."""
+    return int(text[:3]), text[4:]
+
+
 def _expected(shape: FromShape, spf: str, dmarc: str) -> Reply:
     """RFC 7489 as the relay applies it; see mailveil/authn/authenticity.py."""
     if shape is not FromShape.ONE:
-        return 550, authenticity.FROM_REFUSED[shape]
+        return _reply(replies.FROM_REFUSED[shape])
     if spf == "pass":
         return 250, ""  # aligned SPF pass: DMARC passes
     if dmarc in ("quarantine", "reject"):
-        return 550, authenticity.DMARC_FAIL
+        return _reply(replies.S550_DMARC_FAIL)
     if spf == "fail":
-        return 550, authenticity.SPF_FAIL  # p=none or no DMARC: the hard fail still counts
+        return _reply(replies.S550_SPF_FAIL)  # p=none or no DMARC: the hard fail still counts
     return 250, ""  # accepted, unverified
 
 
@@ -146,8 +151,8 @@ def test_operator_may_refuse_unverified_senders(mailveil: Mailveil) -> None:
     b = register(mailveil, "GYG-7002", supplier=verified_supplier)
     with smtplib.SMTP("127.0.0.1", mailveil.smtp_port, timeout=30) as smtp:
         assert _send(smtp, CUSTOMER, b["supplier_relay_address"],
-                     _raw(f"From: {CUSTOMER}", b["supplier_relay_address"])) == (
-            550, authenticity.UNVERIFIED_REFUSED)
+                     _raw(f"From: {CUSTOMER}", b["supplier_relay_address"])) == _reply(
+            replies.S550_UNVERIFIED)
         assert _send(smtp, verified_supplier, b["customer_relay_address"],
                      _raw(f"From: {verified_supplier}", b["customer_relay_address"])) == (250, "")
 
