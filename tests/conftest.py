@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailveil.store.db import make_engine, migrate, session_factory
 from tests.scan.clamd_fixture import CLAMD, ClamdInfo, running_clamd
+from tests.support.dns import RELAY_DOMAIN as RELAY_DOMAIN  # re-exported for the tests
 from tests.support.dns import test_dns
 from tests.support.net import free_port, wait_for_port
 from tests.support.sink import Sink
@@ -131,9 +132,6 @@ class Mailveil:
         assert self.proc is not None
         self.proc.kill()
         self.proc.wait()
-
-
-RELAY_DOMAIN = "reply.example.com"
 
 
 def mailveil_env(database_url: str, data_dir: Path, smtp_port: int, http_port: int, token: str,

@@ -33,6 +33,7 @@ from mailveil.mail.dkim import dns_txt_record
 
 SPOOFED_DOMAIN = "spoofed.example"
 SIGNED_DOMAIN = "signed.example"
+RELAY_DOMAIN = "reply.example.com"  # every mailveil under test (tests/conftest.py)
 DKIM_SELECTOR = "sel"
 # The SPF result of a client on 127.0.0.0/8 (every test client) for each record.
 SPF: dict[str, str | None] = {
@@ -68,6 +69,10 @@ def records() -> dict[tuple[str, str], list[str]]:
         (f"{SIGNED_DOMAIN}.", "TXT"): ["v=spf1 ip4:192.0.2.0/24 -all"],
         (f"_dmarc.{SIGNED_DOMAIN}.", "TXT"): ["v=DMARC1; p=reject"],
         (dkim_key_name(), "TXT"): [dns_txt_record(dkim_key(), DKIM_SELECTOR, SIGNED_DOMAIN)[1]],
+        # The relay domain's key, for a mailveil given dkim_key() (MAILVEIL_DKIM_KEY) and
+        # selector "sel": its signatures verify against this server.
+        (f"{DKIM_SELECTOR}._domainkey.{RELAY_DOMAIN}.", "TXT"):
+            [dns_txt_record(dkim_key(), DKIM_SELECTOR, RELAY_DOMAIN)[1]],
     }
     for spf, record in SPF.items():
         for policy in POLICIES:

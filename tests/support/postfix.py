@@ -3,12 +3,14 @@ of its own (``postfix -c DIR``): /etc/postfix and the system's Postfix are never
 
 Settings are Postfix's defaults except what a relay to one next hop needs (see
 /work/shared/notes/postfix-relay.md) and what the caller adds. The end-to-end tests and the
-benchmark (bench/postfix.py) both run it.
+benchmark (bench/postfix.py) both run it. :func:`deploy_config` reads the example
+configuration operators get (deploy/postfix/), for tests that run exactly that.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -21,6 +23,26 @@ from tests.support.net import wait_for_port
 
 POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
 POSTCONF = shutil.which("postconf") or "/usr/sbin/postconf"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "postfix"
+
+
+def deploy_config(ports: Mapping[str, int]) -> tuple[dict[str, str], str]:
+    """deploy/postfix/main.cf as parameters and master.cf as text, with the example's ports
+    (25 for the public MX, 2525, 10025, 10040) replaced by ``ports`` (keyed by the example's
+    port as a string). The public ``smtp inet`` service listens on loopback instead."""
+    def ported(text: str) -> str:
+        text = re.sub(r"^smtp(\s+inet)", r"127.0.0.1:25\1", text, flags=re.M)
+        return re.sub(r"(127\.0\.0\.1\]?:)(\d+)\b",
+                      lambda m: m[1] + str(ports.get(m[2], m[2])), text)
+
+    main: dict[str, str] = {}
+    for entry in re.split(r"\n(?=\S)", (DEPLOY / "main.cf").read_text()):
+        if entry.strip() and not entry.startswith("#"):
+            name, _, value = entry.partition("=")
+            main[name.strip()] = " ".join(value.split())
+    master = "\n".join(line for line in (DEPLOY / "master.cf").read_text().splitlines()
+                        if not line.lstrip().startswith("#"))
+    return {k: ported(v) for k, v in main.items()}, ported(master) + "\n"
 
 
 class Postfix:
@@ -34,9 +56,10 @@ class Postfix:
         self.log = directory / "postfix.log"
 
     def start(self, *, name: str, relay_domain: str, next_hop_port: int,
-              settings: Mapping[str, str] = {}) -> None:
+              settings: Mapping[str, str] = {}, services: str | None = None) -> None:
         """Write the configuration, start Postfix and wait for its smtpd. ``settings`` are
-        main.cf parameters added to or replacing the relay's."""
+        main.cf parameters added to or replacing the relay's; ``services`` (master.cf lines)
+        replace its one smtpd on ``port``, and must listen there."""
         d = self.directory
         d.parent.chmod(0o755)  # Postfix's daemons run as the postfix user
         for sub in ("etc", "queue", "data"):
@@ -68,10 +91,14 @@ class Postfix:
         (self.etc / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in main_cf.items()))
         (self.etc / "transport").write_text(
             f"{relay_domain} smtp:[127.0.0.1]:{next_hop_port}\n")
-        self._postconf("-F", "*/*/chroot = n")
         self._postconf("-MX", "smtp/inet")
-        self._postconf("-M", f"127.0.0.1:{self.port}/inet="
-                             f"127.0.0.1:{self.port} inet n - n - - smtpd")
+        if services is None:
+            self._postconf("-M", f"127.0.0.1:{self.port}/inet="
+                                 f"127.0.0.1:{self.port} inet n - n - - smtpd")
+        else:
+            with (self.etc / "master.cf").open("a") as master:
+                master.write(services)
+        self._postconf("-F", "*/*/chroot = n")
         started = subprocess.run([POSTFIX, "-c", str(self.etc), "start"], capture_output=True,
                                  text=True)
         if started.returncode != 0:  # postfix tells why only on a terminal or in its log
@@ -108,14 +135,15 @@ class Postfix:
 
 @contextmanager
 def running_postfix(port: int, *, relay_domain: str, next_hop_port: int,
-                    settings: Mapping[str, str] = {}) -> Iterator[Postfix]:
+                    settings: Mapping[str, str] = {}, services: str | None = None
+                    ) -> Iterator[Postfix]:
     """A started Postfix in a temporary directory (not pytest's: its parents are 0700),
     stopped and removed on the way out whatever happened."""
     with tempfile.TemporaryDirectory(prefix="mailveil-postfix-") as directory:
         postfix = Postfix(Path(directory) / "postfix", port)
         try:
             postfix.start(name="postfix-test", relay_domain=relay_domain,
-                          next_hop_port=next_hop_port, settings=settings)
+                          next_hop_port=next_hop_port, settings=settings, services=services)
             yield postfix
         finally:
             postfix.stop()
