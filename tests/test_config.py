@@ -5,6 +5,7 @@ import pytest
 
 from mailveil.config import ConfigError, HostPort, from_env
 from mailveil.delivery.transport import TlsMode
+from mailveil.smtp.limits import Limits, Rate
 
 
 def test_defaults_run_embedded() -> None:
@@ -52,6 +53,14 @@ def test_values_are_read() -> None:
     ("SMARTHOST_CA", "/nonexistent/ca.pem"),
     ("TLS_CERT", "/nonexistent/cert.pem"),
     ("TLS_KEY", "/nonexistent/key.pem"),
+    ("SMTP_MAX_PER_CLIENT", "0"),
+    ("SMTP_SESSION_SECONDS", "ten"),
+    ("SMTP_MIN_DATA_RATE", "-1"),
+    ("SMTP_COOLDOWN_SECONDS", "0"),
+    ("SMTP_CONNECT_RATE", "60"),
+    ("SMTP_UNKNOWN_RCPT_RATE", "20/0"),
+    ("RATE_SENDER", "60 per hour"),
+    ("SMTP_LIMIT_EXEMPT", "10.0.0.0/33"),
 ])
 def test_wrong_values_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=f"^MAILVEIL_{name}"):
@@ -67,6 +76,19 @@ def test_smtp_listener_limits() -> None:
     for name in ("SMTP_TIMEOUT", "SMTP_MAX_CONNECTIONS"):
         with pytest.raises(ConfigError, match=f"^MAILVEIL_{name}"):
             from_env({f"MAILVEIL_{name}": "0"})
+
+
+def test_limits_per_client_and_sender() -> None:
+    assert from_env({}).limits == Limits()
+    s = from_env({"MAILVEIL_SMTP_MAX_PER_CLIENT": "5", "MAILVEIL_SMTP_CONNECT_RATE": "30/60",
+                  "MAILVEIL_SMTP_SESSION_SECONDS": "120", "MAILVEIL_SMTP_MIN_DATA_RATE": "100",
+                  "MAILVEIL_SMTP_UNKNOWN_RCPT_RATE": "10/300",
+                  "MAILVEIL_SMTP_COOLDOWN_SECONDS": "60", "MAILVEIL_RATE_SENDER": "20/600",
+                  "MAILVEIL_SMTP_LIMIT_EXEMPT": "192.0.2.10, 2001:db8::/32"})
+    assert s.limits == Limits(max_per_client=5, connect_rate=Rate(30, 60), session_seconds=120,
+                              min_data_rate=100, harvest=Rate(10, 300), cooldown_seconds=60,
+                              sender=Rate(20, 600), exempt=("192.0.2.10/32", "2001:db8::/32"))
+    assert from_env({"MAILVEIL_SMTP_LIMIT_EXEMPT": "none"}).limits.exempt == ()
 
 
 def test_unverified_senders_are_marked_unless_refused() -> None:
