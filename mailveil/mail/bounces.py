@@ -32,9 +32,8 @@ class UndeliverableCause(StrEnum):
 
 @dataclass(frozen=True)
 class RecipientStatus:
-    """One recipient of a bounce; empty strings where the report said nothing."""
+    """One recipient's group of a report; empty strings where the report said nothing."""
 
-    final_recipient: str  # bare address, without "rfc822;" or angle brackets
     action: str  # lower case: failed, delayed, delivered, relayed, expanded
     status: str  # enhanced status code (RFC 3463), e.g. "5.1.1"
     diagnostic: str  # the remote server's words, whitespace folded
@@ -42,7 +41,9 @@ class RecipientStatus:
 
 @dataclass(frozen=True)
 class BounceReport:
-    recipients: tuple[RecipientStatus, ...]
+    """What a bounce to a VERP address says. Not who failed: the VERP token says which copy,
+    and so which recipient."""
+
     permanent: bool  # the message will not arrive; a delay warning is not permanent
     cause: UndeliverableCause
 
@@ -104,7 +105,6 @@ _BOUNCE_SUBJECT = re.compile(r"undeliver|delivery status notification|failure no
                              r"returned mail|delivery fail|mail delivery|could not be delivered",
                              re.I)
 _DAEMON = re.compile(r"mailer-daemon|mail delivery (?:system|subsystem)", re.I)
-_ADDRESS_LINE = re.compile(r"^\s*<([^<>\s@]+@[^<>\s]+)>:|^\s+([^<>\s@:]+@[^<>\s:]+)\s*$", re.M)
 
 
 def classify(code: int | None, enhanced: str | None, text: str) -> tuple[bool, UndeliverableCause]:
@@ -201,7 +201,6 @@ def _recipients(status_part: MIMEPart) -> list[RecipientStatus]:
         diagnostic = diagnostic.partition(";")[2].strip() if ";" in diagnostic else diagnostic
         status = _ENHANCED.search(fields.get("status", "")) or _ENHANCED.search(diagnostic)
         entries.append(RecipientStatus(
-            final_recipient=_address(recipient or ""),
             action=fields.get("action", "").strip().lower(),
             status=status.group(0) if status else "",
             diagnostic=diagnostic,
@@ -224,7 +223,7 @@ def _report(recipients: list[RecipientStatus], notification: str) -> BounceRepor
     verdicts = [_verdict(r, notification) for r in recipients]
     permanent_causes = [cause for permanent, cause in verdicts if permanent]
     cause = permanent_causes[0] if permanent_causes else verdicts[0][1]
-    return BounceReport(tuple(recipients), bool(permanent_causes), cause)
+    return BounceReport(bool(permanent_causes), cause)
 
 
 def _verdict(r: RecipientStatus, notification: str) -> tuple[bool, UndeliverableCause]:
@@ -251,32 +250,13 @@ def _text_report(msg: EmailMessage, notification: str) -> BounceReport:
     else:
         cause = classify(code, status or None, notification)[1]
     permanent = not _WARNING.search(f"{msg.get('Subject', '')}\n{notification}")
-    found = reply or code_match or enhanced_match
-    diagnostic = _fold(_paragraph(notification, found.start())) if found else ""
-    failed = ",".join(map(str, msg.get_all("X-Failed-Recipients", [])))
-    addresses = ([a.strip() for a in failed.split(",") if a.strip()] if failed else
-                 [m.group(1) or m.group(2) for m in _ADDRESS_LINE.finditer(notification)])
-    action = "failed" if permanent else "delayed"
-    recipients = tuple(RecipientStatus(a, action, status, diagnostic)
-                       for a in dict.fromkeys(addresses))
-    return BounceReport(recipients, permanent, cause)
+    return BounceReport(permanent, cause)
 
 
 def _looks_like_bounce(msg: EmailMessage) -> bool:
     return ("X-Failed-Recipients" in msg
             or bool(_DAEMON.search(str(msg.get("From", ""))))
             or bool(_BOUNCE_SUBJECT.search(str(msg.get("Subject", "")))))
-
-
-def _paragraph(text: str, at: int) -> str:
-    start = text.rfind("\n\n", 0, at)
-    end = text.find("\n\n", at)
-    return text[start + 2 if start != -1 else 0: end if end != -1 else len(text)]
-
-
-def _address(value: str) -> str:
-    """``rfc822; <a@b>`` -> ``a@b``; the address type is dropped."""
-    return value.partition(";")[2].strip().strip("<>") if ";" in value else value.strip()
 
 
 def _fold(value: str) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mailveil.mail.bounces import BounceReport, RecipientStatus, classify, parse_report
+from mailveil.mail.bounces import BounceReport, classify, parse_report
 from mailveil.mail.notices import UndeliverableCause as Cause
 
 CORPORA = Path(__file__).parents[1] / "corpora"
@@ -28,55 +28,30 @@ def report_of(path: Path) -> BounceReport:
     return report
 
 
-@pytest.mark.parametrize(("path", "permanent", "cause", "recipient", "action", "status"), [
+@pytest.mark.parametrize(("path", "permanent", "cause"), [
     # Postfix via Proofpoint: the machine part is mangled base64, so the text is read.
-    (MIMEKIT / "bounce.txt", True, Cause.ADDRESS_INVALID, "netec.test@netecgc.com", "failed",
-     "5.1.1"),
-    (MIMEKIT / "delivery-status.txt", True, Cause.ADDRESS_INVALID,
-     "newsletter-request@imusic.com", "failed", ""),
-    (MIMEKIT / "delivery-status-no-blank-line.txt", True, Cause.ADDRESS_INVALID,
-     "newsletter-request@imusic.com", "failed", ""),
+    (MIMEKIT / "bounce.txt", True, Cause.ADDRESS_INVALID),
+    (MIMEKIT / "delivery-status.txt", True, Cause.ADDRESS_INVALID),
+    (MIMEKIT / "delivery-status-no-blank-line.txt", True, Cause.ADDRESS_INVALID),
     # Only Original-Recipient, no Action, and blank lines splitting the groups oddly.
-    (MIMEKIT / "delivery-status-multiple-blank-lines.txt", True, Cause.REJECTED,
-     "orig_recip@customer.com", "", "5.5.0"),
+    (MIMEKIT / "delivery-status-multiple-blank-lines.txt", True, Cause.REJECTED),
     # Exim: a generic 5.0.0 and no Diagnostic-Code; "Unknown user" is in the human part.
-    (MIMEKIT / "delivery-status2.txt", True, Cause.ADDRESS_INVALID, "source@domain.com",
-     "failed", "5.0.0"),
-    (FLANKER / "bounce" / "mailbox-full.eml", True, Cause.MAILBOX_FULL, "user@aol.com",
-     "failed", "5.2.2"),
-    (FLANKER / "bounce" / "zed.eml", True, Cause.ADDRESS_INVALID,
-     "asdfasdfasdfasdfasdfasdfewrqertrtyrthsfgdfgadfqeadvxzvz@gmail.com", "failed", "5.1.1"),
-    (FLANKER / "bounce" / "office365.eml", True, Cause.ADDRESS_INVALID, "noname@example.com",
-     "failed", "5.1.10"),
+    (MIMEKIT / "delivery-status2.txt", True, Cause.ADDRESS_INVALID),
+    (FLANKER / "bounce" / "mailbox-full.eml", True, Cause.MAILBOX_FULL),
+    (FLANKER / "bounce" / "zed.eml", True, Cause.ADDRESS_INVALID),
+    (FLANKER / "bounce" / "office365.eml", True, Cause.ADDRESS_INVALID),
     # The sending MTA gave up after 5 days: failed, even though the last reply was a 4xx.
-    (FLANKER / "bounce" / "delayed.eml", True, Cause.HOST_UNREACHABLE, "foo@example.com",
-     "failed", "4.0.0"),
-    (FLANKER / "bounce" / "no-mx.eml", False, Cause.HOST_UNREACHABLE, "user@example.com",
-     "delayed", "4.4.4"),
+    (FLANKER / "bounce" / "delayed.eml", True, Cause.HOST_UNREACHABLE),
+    (FLANKER / "bounce" / "no-mx.eml", False, Cause.HOST_UNREACHABLE),
     # A bare message/delivery-status with MIME headers inside its groups.
-    (FLANKER / "bounce" / "delayed-broken.eml", True, Cause.MAILBOX_FULL, "demo@example.com",
-     "failed", "4.2.2"),
+    (FLANKER / "bounce" / "delayed-broken.eml", True, Cause.MAILBOX_FULL),
     # Gmail's old plain-text notices.
-    (FLANKER / "bounce" / "gmail-invalid-address.eml", True, Cause.ADDRESS_INVALID,
-     "awfawfawfawfawfaw@someserverhere.com", "failed", "5.1.0"),
-    (FLANKER / "bounce" / "gmail-no-dns.eml", True, Cause.ADDRESS_INVALID, "user@example.comm",
-     "failed", ""),
+    (FLANKER / "bounce" / "gmail-invalid-address.eml", True, Cause.ADDRESS_INVALID),
+    (FLANKER / "bounce" / "gmail-no-dns.eml", True, Cause.ADDRESS_INVALID),
 ])
-def test_real_bounces(path: Path, permanent: bool, cause: Cause, recipient: str, action: str,
-                      status: str) -> None:
+def test_real_bounces(path: Path, permanent: bool, cause: Cause) -> None:
     report = report_of(path)
     assert (report.permanent, report.cause) == (permanent, cause)
-    assert [(r.final_recipient, r.action, r.status) for r in report.recipients] == [
-        (recipient, action, status)]
-
-
-def test_diagnostic_is_the_servers_words_unfolded() -> None:
-    (entry,) = report_of(FLANKER / "bounce" / "zed.eml").recipients
-    assert entry.diagnostic.startswith("550-5.1.1 The email account that you tried to reach "
-                                       "does not exist. Please try")
-    assert "  " not in entry.diagnostic
-    (entry,) = report_of(MIMEKIT / "delivery-status.txt").recipients
-    assert entry.diagnostic == "500 (err.nosuchuser)"
 
 
 def test_a_text_bounce_without_a_reply_code_is_still_read() -> None:
@@ -86,7 +61,7 @@ def test_a_text_bounce_without_a_reply_code_is_still_read() -> None:
 
 def test_an_anonymised_report_is_parsed_without_guessing() -> None:
     report = report_of(MIMEKIT / "delivery-status.anonymized.eml")
-    assert len(report.recipients) == 1 and not report.permanent
+    assert not report.permanent
 
 
 @pytest.mark.parametrize("path", [
@@ -161,17 +136,9 @@ No action is required on your part. Delivery attempts will continue.
 
 
 @pytest.mark.parametrize(("raw", "expected"), [
-    (QMAIL, BounceReport((RecipientStatus(
-        "nobody@example.org", "failed", "5.1.1",
-        "<nobody@example.org>: Sorry, no mailbox here by that name. (#5.1.1)"),),
-        True, Cause.ADDRESS_INVALID)),
-    (EXIM, BounceReport((RecipientStatus(
-        "someone@example.org", "failed", "4.2.2",
-        "someone@example.org host mx.example.org [192.0.2.1] SMTP error from remote mail "
-        "server after RCPT TO:<someone@example.org>: 452 4.2.2 The email account that you "
-        "tried to reach is over quota"),), True, Cause.MAILBOX_FULL)),
-    (EXIM_WARNING, BounceReport((RecipientStatus(
-        "someone@example.org", "delayed", "", ""),), False, Cause.HOST_UNREACHABLE)),
+    (QMAIL, BounceReport(True, Cause.ADDRESS_INVALID)),
+    (EXIM, BounceReport(True, Cause.MAILBOX_FULL)),
+    (EXIM_WARNING, BounceReport(False, Cause.HOST_UNREACHABLE)),
 ])
 def test_text_bounces(raw: bytes, expected: BounceReport) -> None:
     assert parse_report(raw) == expected
@@ -194,8 +161,6 @@ def global_dsn(cte: str) -> bytes:
 def test_global_delivery_status_rfc6533(cte: str) -> None:
     report = parse_report(global_dsn(cte))
     assert report is not None and report.permanent and report.cause is Cause.MAILBOX_FULL
-    assert [(r.final_recipient, r.status) for r in report.recipients] == [
-        ("jörg@bücher.example", "5.2.2")]
 
 
 def test_one_failed_recipient_makes_the_report_permanent() -> None:
@@ -224,8 +189,6 @@ Status: 5.1.1
 """
     report = parse_report(raw)
     assert report is not None and report.permanent and report.cause is Cause.ADDRESS_INVALID
-    assert [(r.final_recipient, r.action) for r in report.recipients] == [
-        ("slow@example.org", "delayed"), ("gone@example.org", "failed")]
 
 
 @pytest.mark.parametrize(("code", "enhanced", "text", "expected"), [
