@@ -162,7 +162,7 @@ class SmarthostTransport:
             if not (mail_from.isascii() and rcpt_to.isascii()):
                 if not smtp.supports_extension("smtputf8"):
                     return Result(Status.PERMANENT, None, "the address is not ASCII and the "
-                                  "smarthost does not offer SMTPUTF8 (RFC 6531)")
+                                  "smarthost does not offer SMTPUTF8 (RFC 6531)", self._tls)
                 options.append("SMTPUTF8")
                 encoding = "utf-8"
             await smtp.mail(mail_from, options=options, encoding=encoding)
