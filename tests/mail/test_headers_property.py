@@ -191,6 +191,20 @@ def test_a_part_s_long_mime_field_is_folded_and_keeps_its_meaning() -> None:
     assert out.endswith(b"\r\n\r\nAAAA\r\n--b--\r\n")
 
 
+def test_an_rfc_2231_file_name_hiding_a_line_break_is_written_decoded() -> None:
+    raw = (
+        b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
+        b"Content-Type: application/pdf\r\n"
+        b"Content-Disposition: attachment; filename*=utf-8''a%0D%0ABcc%3A%20v%40o.example.pdf"
+        b"\r\n\r\nAAAA\r\n--b--\r\n"
+    )
+    out = rewrite(raw, PLAN)
+    part = out.split(b"--b\r\n")[1]
+    assert_one_field_per_line(header_block(part))
+    attachment = next(iter(assert_relayed_headers(out, {"content-type"}).iter_attachments()))
+    assert attachment.get_filename() == "a Bcc: v@o.example.pdf"
+
+
 def test_fold_writes_a_value_too_long_for_any_line_as_nothing() -> None:
     assert fold("To", f"{'x' * 1200}@example.org") == b""
     assert fold("X" * 1000, "1") == b""
