@@ -102,7 +102,7 @@ def idna_part(sender: str, to: str, size: int) -> bytes:
 
 def not_base64(sender: str, to: str, size: int) -> bytes:
     """A text part declared base64 whose content is plain text, not base64."""
-    text = (f"Call me, or write to {sender}! This is not base64 at all...\r\n"
+    text = ("Call me back, this is not base64 at all...\r\n"
             * max(1, size // 80))
     return _head(sender, to, "Subject: b64", "Content-Type: text/plain; charset=utf-8",
                  "Content-Transfer-Encoding: base64") + b"\r\n" + text.encode()

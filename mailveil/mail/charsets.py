@@ -16,8 +16,9 @@ spellings MIME itself uses for what it names differently:
   WHATWG decodes their labels with, under their own names;
 * ``iso-2022-kr``, ``hz-gb-2312`` and the other labels WHATWG maps to its "replacement"
   encoding, and everything else (``punycode``, ``idna``, ``rot13``, ``utf-32``, unknown
-  labels), are not text to the relay: such a part is relayed as opaque bytes, such an
-  encoded word stays as written.
+  labels), are not text to the relay: such a part is relayed as opaque bytes (but for
+  addresses spelled in ASCII), such an encoded word is read as ASCII, as the stdlib reads
+  a charset it does not know, and kept as written unless it spells an address.
 
 Every codec allowed here is written in C and linear in its input.
 """
@@ -67,8 +68,20 @@ MAIL_CODECS: Final = frozenset(
 )
 """Python's names of the codecs read as text (see the module's docstring)."""
 
-_WORD = re.compile(r"=\?([^?\s*]+)(?:\*[^?\s]*)?\?([bBqQ])\?([^?\s]*)\?=")
-"""An RFC 2047 encoded word; the RFC 2231 language suffix (``*en``) is ignored."""
+ASCII_INCOMPATIBLE: Final = frozenset({"utf-16", "utf-16-be", "utf-16-le", "utf-7"})
+"""Mail codecs in which an address is not spelled in ASCII bytes: text in them must be read
+with them, even where some bytes are broken, to be searched at all."""
+
+_WORD_PATTERN = r"=\?([^?]*)\?([bBqQ])\?([^?]*)\?="
+_WORD = re.compile(_WORD_PATTERN)
+"""An RFC 2047 encoded word as leniently as any reader takes one (white space inside, an
+unknown charset, a charset ``*language``); linear, as no two matches scan the same text."""
+ENCODED_RUN: Final = re.compile(rf"{_WORD_PATTERN}(?:\s+{_WORD_PATTERN})*")
+"""Adjacent encoded words: the white space between them is not part of the text."""
+_DECLARED = re.compile(
+    r"(=\?)([^?*]*)(?=(?:\*[^?]*)?\?[bBqQ]\?[^?]*\?=)|(\*[ \t]*=[ \t]*\"?)([^'\";\s]*)(?=')"
+)
+"""The charset of an encoded word (``=?cs?``) or of an RFC 2231 value (``*=cs'``)."""
 
 
 def codec(label: str) -> str | None:
@@ -83,10 +96,25 @@ def codec(label: str) -> str | None:
     return name if name in MAIL_CODECS else None
 
 
+def for_stdlib(text: str) -> str:
+    """``text`` with each charset named by an encoded word or an RFC 2231 value that
+    :func:`codec` refuses renamed ``unknown-8bit``, which the stdlib's header parser reads
+    as ASCII. Left as they are, its parser runs their codec (punycode: quadratic) or fails
+    on the whole field (idna raises), which loses every parameter of a Content-Type: a
+    ``filename*=idna''…`` would hide the ``charset`` of a part."""
+    return _DECLARED.sub(_renamed, text)
+
+
+def _renamed(match: re.Match[str]) -> str:
+    prefix, name = match.group(1, 2) if match.group(1) else match.group(3, 4)
+    return prefix + (name if not name or codec(name) else "unknown-8bit")
+
+
 def decode_words(text: str) -> str:
     """``text`` with its encoded words decoded (RFC 2047 6.2: the white space between two
-    of them dropped); a word in a charset :func:`codec` refuses, or whose encoding is
-    broken, is kept as written.
+    of them dropped), as a reader may be shown it: a word in a charset :func:`codec`
+    refuses reads as ASCII, as the stdlib reads an unknown one (so an address spelled in
+    it is found), a word whose base64 is broken is kept as written.
 
     In one pass: ``email.header.decode_header`` joins adjacent words by concatenating
     bytes again and again, and ``make_header`` decodes whatever codec a word names.
@@ -105,9 +133,9 @@ def decode_words(text: str) -> str:
     for match in _WORD.finditer(text):
         gap = text[position : match.start()]
         position = match.end()
-        name = codec(match.group(1))
-        data = _word_bytes(match.group(2), match.group(3)) if name else None
-        if name is None or data is None:
+        name = codec(match.group(1).partition("*")[0]) or "ascii"
+        data = _word_bytes(match.group(2), match.group(3))
+        if data is None:
             flush()
             run_codec = None
             out.append(gap + match.group(0))
@@ -128,6 +156,7 @@ def _word_bytes(encoding: str, encoded: str) -> bytes | None:
     data = encoded.encode("ascii", "replace")
     if encoding in "qQ":
         return binascii.a2b_qp(data, header=True)
+    data = data.translate(None, b" \t\r\n")
     try:
         return binascii.a2b_base64(data + b"=" * (-len(data) % 4))
     except binascii.Error:
