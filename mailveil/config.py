@@ -131,7 +131,8 @@ def _limits(get: Callable[[str], str | None]) -> Limits:
         if (v := get(name)) is not None:
             values[attr] = _positive_int(name, v)
     for name, attr in (("SMTP_CONNECT_RATE", "connect_rate"),
-                       ("SMTP_UNKNOWN_RCPT_RATE", "harvest"), ("RATE_SENDER", "sender")):
+                       ("SMTP_UNKNOWN_RCPT_RATE", "harvest"), ("RATE_SENDER", "sender"),
+                       ("RATE_NOTICES", "notices")):
         if (v := get(name)) is not None:
             values[attr] = _rate(name, v)
     if (v := get("SMTP_LIMIT_EXEMPT")) is not None:

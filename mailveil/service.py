@@ -188,7 +188,8 @@ async def run_worker(rt: Runtime) -> None:
     _reaped(dead)
     processor = Processor(rt.sessions, Pipeline(book, voice, signer(s), batch=s.worker_batch,
                                                 lease=s.lease, holder=me.holder.id,
-                                                cpu_budget=s.cpu_budget_seconds))
+                                                cpu_budget=s.cpu_budget_seconds,
+                                                notice_rate=s.limits.notices))
     policy = Policy(retry_first=s.retry_first, retry_cap=s.retry_max_interval,
                     retry_for=s.retry_for, batch=s.worker_batch, lease=s.lease)
     transports = _transports(s, policy.connections)

@@ -60,6 +60,7 @@ def test_values_are_read() -> None:
     ("SMTP_CONNECT_RATE", "60"),
     ("SMTP_UNKNOWN_RCPT_RATE", "20/0"),
     ("RATE_SENDER", "60 per hour"),
+    ("RATE_NOTICES", "0/3600"),
     ("SMTP_LIMIT_EXEMPT", "10.0.0.0/33"),
 ])
 def test_wrong_values_name_the_variable(name: str, value: str) -> None:
@@ -84,10 +85,12 @@ def test_limits_per_client_and_sender() -> None:
                   "MAILVEIL_SMTP_SESSION_SECONDS": "120", "MAILVEIL_SMTP_MIN_DATA_RATE": "100",
                   "MAILVEIL_SMTP_UNKNOWN_RCPT_RATE": "10/300",
                   "MAILVEIL_SMTP_COOLDOWN_SECONDS": "60", "MAILVEIL_RATE_SENDER": "20/600",
+                  "MAILVEIL_RATE_NOTICES": "3/86400",
                   "MAILVEIL_SMTP_LIMIT_EXEMPT": "192.0.2.10, 2001:db8::/32"})
     assert s.limits == Limits(max_per_client=5, connect_rate=Rate(30, 60), session_seconds=120,
                               min_data_rate=100, harvest=Rate(10, 300), cooldown_seconds=60,
-                              sender=Rate(20, 600), exempt=("192.0.2.10/32", "2001:db8::/32"))
+                              sender=Rate(20, 600), notices=Rate(3, 86400),
+                              exempt=("192.0.2.10/32", "2001:db8::/32"))
     assert from_env({"MAILVEIL_SMTP_LIMIT_EXEMPT": "none"}).limits.exempt == ()
 
 

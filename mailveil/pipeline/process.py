@@ -20,7 +20,7 @@ by one, so that one bad message cannot hold back the others.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -37,9 +37,11 @@ from mailveil.mail.bounces import BounceReport, parse_report
 from mailveil.mail.inspect import MessageFacts, facts
 from mailveil.mail.mime import header_block
 from mailveil.mail.notices import UndeliverableCause
-from mailveil.metrics import DECIDED, ERRORS
+from mailveil.metrics import DECIDED, ERRORS, LIMIT_REFUSED
 from mailveil.pipeline import compose
 from mailveil.pipeline.rules import Context, Recipient, decide, may_notify
+from mailveil.smtp.limits import Limits, Rate
+from mailveil.store import limits as limits_store
 from mailveil.store import repository as repo
 from mailveil.store.batch import write_batch
 
@@ -59,6 +61,27 @@ class Pipeline:
     lease: timedelta = timedelta(minutes=5)
     holder: str | None = None  # the worker leases name (store/workers.py)
     cpu_budget: float = CPU_SECONDS  # per message, see mailveil/budget.py
+    notice_rate: Rate = Limits().notices  # per party of a conversation: a loop guard
+
+
+@dataclass
+class NoticeBudget:
+    """The notices one party of a conversation may still get in the guard's window: those
+    in the outbox when the batch started, and the batch's own as it makes them."""
+
+    rate: Rate
+    sent: Counter[tuple[int, str]] = field(default_factory=Counter)
+
+    def take(self, recipient: Recipient) -> bool:
+        party = (recipient.booking_id, recipient.role.other)
+        if self.sent[party] >= self.rate.count:
+            log.warning("notice withheld: loop guard", extra={
+                "booking_id": recipient.booking_id, "party": recipient.role.other.value,
+                "rate": str(self.rate)})
+            LIMIT_REFUSED.labels(limit="notices").inc()
+            return False
+        self.sent[party] += 1
+        return True
 
 
 @dataclass
@@ -127,6 +150,7 @@ class Processor:
     def __init__(self, sessions: Callable[[], Session], pipeline: Pipeline) -> None:
         self._sessions = sessions
         self._p = pipeline
+        self._notices = NoticeBudget(pipeline.notice_rate)  # the current batch's
 
     def run_once(self, now: datetime) -> int:
         """Process one batch of accepted messages, then tell the senders of one batch of
@@ -138,6 +162,7 @@ class Processor:
             claimed = repo.claim_inbound(s, limit=self._p.batch, now=now, lease=self._p.lease,
                                          holder=self._p.holder)
             bookings = repo.bookings_by_tokens(s, self._tokens(claimed))
+            self._notices = self._notice_budget(s, {b.id for b in bookings.values()}, now)
         results: list[Result] = []
         read: list[tuple[repo.Claimed, MessageFacts]] = []
         for message in claimed:
@@ -203,7 +228,7 @@ class Processor:
         result.archive += [repo.ArchiveEntry(message.id, r.booking_id, r.role.other, info.subject,
                                              Outcome.REFUSED_TOO_COMPLEX, str(exc))
                            for r in recipients]
-        if recipients and self._may_notify(message.mail_from, info):
+        if recipients and self._may_notify(message.mail_from, info, recipients[0]):
             # One notice: the sender wrote one message.
             result.outbound.append(notice_copy(
                 self._p, message.id, message.raw, info, recipients[0],
@@ -244,7 +269,7 @@ class Processor:
                                                     info.subject, d.outcome, d.rule))
             if d.outcome is Outcome.RELAYED:
                 self._relay(result, info, r, known)
-            elif d.outcome not in told and self._may_notify(message.mail_from, info):
+            elif d.outcome not in told and self._may_notify(message.mail_from, info, r):
                 told.add(d.outcome)
                 result.outbound.append(notice_copy(self._p, message.id, message.raw, info, r,
                                                    d.outcome, None, now))
@@ -268,9 +293,16 @@ class Processor:
             raw=self._p.sign(relayed.raw),
         ))
 
-    def _may_notify(self, mail_from: str, info: MessageFacts) -> bool:
+    def _may_notify(self, mail_from: str, info: MessageFacts, recipient: Recipient) -> bool:
+        """Whether the sender may be told; counts the notice towards the loop guard."""
         return may_notify(mail_from, info.auto_submitted, info.is_delivery_report,
-                          self._p.book)
+                          self._p.book) and self._notices.take(recipient)
+
+    def _notice_budget(self, s: Session, booking_ids: set[int], now: datetime
+                       ) -> NoticeBudget:
+        since = now - timedelta(seconds=self._p.notice_rate.seconds)
+        return NoticeBudget(self._p.notice_rate,
+                            limits_store.notices_since(s, booking_ids, since))
 
     def _record(self, s: Session, results: Sequence[Result], now: datetime) -> None:
         mine = repo.mark_processed(s, [r.message.id for r in results if r.error is None], now)
@@ -297,6 +329,7 @@ class Processor:
                                                 if o.inbound_id is not None})
             bookings = repo.bookings_by_ids(s, {o.booking_id for o in owed
                                                 if o.booking_id is not None})
+            self._notices = self._notice_budget(s, set(bookings), now)
         if not owed:
             return 0
         explained = [self._explained(o, originals, bookings, now) for o in owed]
@@ -328,7 +361,7 @@ class Processor:
         done.archive.append(repo.ArchiveEntry(original.id, stored.id, recipient.role.other,
                                               info.subject, Outcome.REFUSED_UNDELIVERABLE,
                                               cause))
-        if self._may_notify(original.mail_from, info):
+        if self._may_notify(original.mail_from, info, recipient):
             done.notice = notice_copy(self._p, original.id, original.raw, info, recipient,
                                       Outcome.REFUSED_UNDELIVERABLE, cause, now)
         return done

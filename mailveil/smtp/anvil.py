@@ -85,7 +85,9 @@ class Anvil:
                 ("unknown_rcpt_seconds", config.harvest.seconds),
                 ("cooldown_seconds", config.cooldown_seconds),
                 ("sender_rate_count", config.sender.count),
-                ("sender_rate_seconds", config.sender.seconds)):
+                ("sender_rate_seconds", config.sender.seconds),
+                ("notice_rate_count", config.notices.count),
+                ("notice_rate_seconds", config.notices.seconds)):
             LIMIT.labels(name=name).set(value)
 
     def _exempt(self, peer: str) -> bool:

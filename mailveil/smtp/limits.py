@@ -58,6 +58,9 @@ class Limits:
     # Messages per sender and conversation: about one a minute for an hour, which someone
     # writing by hand does not reach; an auto-responder loop or a script does.
     sender: Rate = Rate(60, 3600)
+    # Notices the relay itself sends one party of one conversation: a loop guard of their
+    # own (an auto-responder that keeps writing to a closed conversation gets ten an hour).
+    notices: Rate = Rate(10, 3600)
     # Client networks no limit per client address applies to (Postfix's
     # smtpd_client_event_limit_exceptions): an edge MTA that forwards all the relay
     # domain's mail is one client address. The session deadline and the sender rate apply.

@@ -7,14 +7,16 @@ of sender and conversation, never a mail address in clear.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Collection, Mapping
 from datetime import datetime
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from mailveil.store.models import LimitCooldownRow, LimitCountRow, LimitSessionRow
+from mailveil.domain.states import OutboxKind
+from mailveil.store.models import LimitCooldownRow, LimitCountRow, LimitSessionRow, OutboundRow
 
 
 def _insert(s: Session, table: type[object]) -> postgresql.Insert | sqlite.Insert:
@@ -81,6 +83,21 @@ def forget_listeners(s: Session, alive_since: datetime) -> None:
     s.execute(delete(LimitSessionRow).where(LimitSessionRow.seen_at < alive_since))
 
 
+def notices_since(s: Session, booking_ids: Collection[int], since: datetime
+                  ) -> Counter[tuple[int, str]]:
+    """Notices queued since ``since`` per booking and recipient role (the notice loop guard
+    counts the outbox itself: nothing to keep in step)."""
+    if not booking_ids:
+        return Counter()
+    rows = s.execute(
+        select(OutboundRow.booking_id, OutboundRow.recipient_role, func.count())
+        .where(OutboundRow.kind == OutboxKind.NOTICE, OutboundRow.created_at >= since,
+               OutboundRow.booking_id.in_(sorted(booking_ids)))
+        .group_by(OutboundRow.booking_id, OutboundRow.recipient_role))
+    return Counter({(booking, role): n for booking, role, n in rows
+                    if booking is not None and role is not None})
+
+
 def cool_down(s: Session, until: Mapping[str, datetime]) -> None:
     """Refuse these clients until the given times (a later time already set is kept)."""
     if not until:
@@ -96,4 +113,5 @@ def cool_down(s: Session, until: Mapping[str, datetime]) -> None:
 def cooldowns(s: Session, now: datetime) -> dict[str, datetime]:
     """The clients refused now, and until when; expired cool-downs are deleted."""
     s.execute(delete(LimitCooldownRow).where(LimitCooldownRow.until <= now))
-    return dict(s.execute(select(LimitCooldownRow.key, LimitCooldownRow.until)).tuples().all())
+    rows = s.execute(select(LimitCooldownRow.key, LimitCooldownRow.until))
+    return {key: until for key, until in rows}

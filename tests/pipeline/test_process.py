@@ -21,6 +21,7 @@ from mailveil.metrics import QueueCollector
 from mailveil.pipeline import compose, process
 from mailveil.pipeline.compose import Voice
 from mailveil.pipeline.process import Pipeline, Processor
+from mailveil.smtp.limits import Rate
 from mailveil.store import repository as repo
 from mailveil.store.models import ArchiveEntryRow, InboundRow, MessageIdRow, OutboundRow
 
@@ -283,3 +284,32 @@ def test_a_notice_that_cannot_be_composed_parks_its_copy(
     assert rows[good.id].state == OutboxState.FAILED  # explained
     assert [r.rcpt_to for r in rows.values() if r.kind == OutboxKind.NOTICE] == [
         envelopes[1][0]]
+
+
+def test_notices_to_one_party_have_a_loop_guard_of_their_own(
+        sessions: sessionmaker[Session]) -> None:
+    """Someone (or an auto-responder) writing on to a closed conversation gets at most
+    ``notice_rate`` notices in its window, counted from the outbox across batches."""
+    [(sender, rcpt)] = setup_bookings(sessions, 1)
+    guarded = Processor(sessions, Pipeline(BOOK, VOICE, poison_aware_sign, batch=10,
+                                           notice_rate=Rate(2, 3600)))
+    closed = NOW + timedelta(days=30)
+
+    def notices() -> int:
+        with sessions() as s:
+            return len(s.scalars(select(OutboundRow.id).where(
+                OutboundRow.kind == OutboxKind.NOTICE)).all())
+
+    for i in range(3):
+        accept(sessions, sender, rcpt, f"too late {i}")
+    guarded.run_once(closed)
+    assert notices() == 2
+    accept(sessions, sender, rcpt, "too late again")
+    guarded.run_once(closed + timedelta(minutes=59))  # the next batch counts the outbox
+    assert notices() == 2
+    accept(sessions, sender, rcpt, "an hour on")
+    guarded.run_once(closed + timedelta(minutes=61))
+    assert notices() == 3
+    with sessions() as s:
+        outcomes = s.scalars(select(ArchiveEntryRow.outcome)).all()
+    assert outcomes == [Outcome.REFUSED_EXPIRED] * 5  # every refusal is archived all the same
