@@ -128,15 +128,17 @@ BOOKING = Booking("GYG-1", Party("Sunny Tours", SUPPLIER, "fr"), Party("Ann Lee"
 
 def process(raw: bytes) -> None:
     """What the worker does with a message from the customer to the supplier, or with a
-    bounce report to a VERP address, without the store."""
+    bounce report to a VERP address, without the store: read it, then relay it or, when
+    a header is too long to rewrite, tell its sender why not."""
     info = facts(raw)
     if info.is_delivery_report:
         parse_report(raw)
-        return
-    relay_copy(raw, info, BOOKING, Role.SUPPLIER, [], BOOK, VOICE)
-    notice(reason=Outcome.REFUSED_EXPIRED, cause=None, booking=BOOKING,
-           sender_role=Role.CUSTOMER,
-           original=raw, facts=info, book=BOOK, voice=VOICE, now=NOW)
+    elif info.oversized_header is not None:
+        notice(reason=Outcome.REFUSED_TOO_COMPLEX, cause=None, booking=BOOKING,
+               sender_role=Role.CUSTOMER, original=raw, facts=info, book=BOOK, voice=VOICE,
+               now=NOW)
+    else:
+        relay_copy(raw, info, BOOKING, Role.SUPPLIER, [], BOOK, VOICE)
 
 
 def main() -> None:
