@@ -20,8 +20,8 @@ from pathlib import Path
 import uvicorn
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailveil.authn.authenticity import check
 from mailveil.authn.lookup import make_resolver
+from mailveil.authn.upstream import check_or_trust
 from mailveil.config import Settings
 from mailveil.delivery.transport import CaptureTransport, SmarthostTransport, Transport
 from mailveil.delivery.worker import Deliverer, Policy
@@ -131,7 +131,8 @@ def open_runtime(settings: Settings) -> Runtime:
 async def run_smtp(rt: Runtime) -> None:
     s = rt.settings
     backend = StoreBackend(rt.sessions, address_book(s))
-    authenticate = functools.partial(check, resolver=make_resolver(s.dns),
+    authenticate = functools.partial(check_or_trust, resolver=make_resolver(s.dns),
+                                     authserv_id=s.trusted_authserv_id,
                                      refuse_unverified=s.refuse_unverified)
     limits = anvil.Anvil(s.limits, rt.sessions)
     handler = listener.RelayHandler(backend, scanner(s), authenticate, on_accept=rt.doorbell.ring,

@@ -58,9 +58,11 @@ class Scanner(Protocol):
 
 
 class Authenticator(Protocol):
-    async def __call__(self, raw: bytes, *, client_ip: str, helo: str,
-                       mail_from: str) -> Authenticity:
-        """SPF, DKIM and DMARC of a message (see :mod:`mailveil.authn.authenticity`)."""
+    async def __call__(self, raw: bytes, *, client_ip: str, helo: str, mail_from: str,
+                       upstream: bool) -> Authenticity:
+        """SPF, DKIM and DMARC of a message (see :mod:`mailveil.authn.authenticity`), or
+        what the trusted peer that forwarded it (``upstream``) found
+        (:mod:`mailveil.authn.upstream`)."""
         ...
 
 
@@ -122,7 +124,7 @@ class RelayHandler:
         if refused >= MAX_REFUSED_RCPTS:
             log.warning("too many refused recipients", extra={"peer": str(session.peer)})
             return replies.S421_TOO_MANY_REFUSED
-        client, _ = client_of(session, envelope)
+        client = client_of(session, envelope).address
         cooled = self._anvil.cooled(client)
         if cooled is not None:
             return cooled
@@ -181,8 +183,9 @@ class RelayHandler:
 
         The RCPT gate trusted MAIL FROM; SPF, DKIM and DMARC decide whether to."""
         with DNS_SECONDS.time():
-            client, helo = client_of(session, envelope)
-            result = await self._authenticate(raw, client_ip=client, helo=helo, mail_from=sender)
+            client = client_of(session, envelope)
+            result = await self._authenticate(raw, client_ip=client.address, helo=client.helo,
+                                              mail_from=sender, upstream=client.forwarded)
         if result.refusal is None:
             return None, SenderCheck.VERIFIED if result.verified else SenderCheck.UNVERIFIED
         log.info("authenticity", extra={"verdict": result.verdict.value, "spf": result.spf,

@@ -37,7 +37,7 @@ import re
 import sys
 import time
 from collections import Counter
-from typing import Any, AnyStr
+from typing import Any, AnyStr, NamedTuple
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, TLSSetupException, syntax
 
@@ -108,14 +108,19 @@ def parse_xforward(arg: str) -> dict[str, str] | None:
     return attributes
 
 
-def client_of(session: Session, envelope: Envelope) -> tuple[str, str]:
-    """The address and HELO name of the client that sent this mail: what a trusted peer
-    forwarded, else the session's own."""
+class Client(NamedTuple):
+    address: str
+    helo: str
+    forwarded: bool  # by a trusted peer (XFORWARD): its checks' results may be trusted too
+
+
+def client_of(session: Session, envelope: Envelope) -> Client:
+    """The client that sent this mail: what a trusted peer forwarded, else the session's."""
     peer = str(session.peer[0]) if isinstance(session.peer, tuple) else str(session.peer)
     helo = session.host_name or ""
-    if isinstance(envelope, RelayEnvelope):
-        return envelope.client_address or peer, envelope.client_helo or helo
-    return peer, helo
+    if isinstance(envelope, RelayEnvelope) and envelope.client_address is not None:
+        return Client(envelope.client_address, envelope.client_helo or helo, True)
+    return Client(peer, helo, False)
 
 
 class ConnectionLimit:

@@ -26,6 +26,7 @@ from tests.support.postfix import POSTFIX, Postfix, deploy_config, running_postf
 from tests.support.sink import Sink
 
 CLIENT = "127.0.0.2"  # the sender's server, as Postfix sees it (and forwards it to mailveil)
+AUTHSERV_ID = "mx.reply.example.com"  # deploy/postfix's checkers
 
 
 @pytest.fixture
@@ -41,7 +42,7 @@ def extra_env(tmp_path: Path, ports: dict[str, int]) -> dict[str, str]:
     key = tmp_path / "dkim.pem"
     key.write_bytes(dkim_key())
     return {"MAILVEIL_POLICY_LISTEN": f"127.0.0.1:{ports['10040']}",
-            "MAILVEIL_TRUSTED_PEERS": "127.0.0.1/32",
+            "MAILVEIL_TRUSTED_PEERS": "127.0.0.1/32", "MAILVEIL_TRUSTED_AUTHSERV_ID": AUTHSERV_ID,
             "MAILVEIL_SMARTHOST": f"127.0.0.1:{ports['10025']}",
             "MAILVEIL_DKIM_KEY": str(key), "MAILVEIL_DKIM_SELECTOR": DKIM_SELECTOR}
 
@@ -123,12 +124,16 @@ def test_unknown_and_unauthorised_addresses_are_refused_at_postfixs_rcpt(
 def test_a_sender_spoofing_a_party_is_refused(mailveil: Mailveil, sink: Sink,
                                               postfix: Postfix) -> None:
     """spoofed.example allows no host by SPF and asks for p=reject. The policy service
-    passes the envelope (it names the party); mailveil refuses the message at DATA, with
-    SPF evaluated for the client Postfix forwarded, and Postfix's notice of it goes to the
-    party's own registered address, never to a third party."""
+    passes the envelope (it names the party); the spoofer's own Authentication-Results in
+    the name of Postfix's checkers are removed by Postfix (deploy/postfix's header_checks),
+    so mailveil checks the message itself, with SPF for the client Postfix forwarded, and
+    refuses it at DATA. Postfix's notice of that goes to the party's own registered
+    address, never to a third party."""
     party = f"ann@{SPOOFED_DOMAIN}"
     relay = register(mailveil, "GYG-SPOOF", customer=party)["supplier_relay_address"]
-    send_to_mx(postfix, party, [relay], mail(party, relay, "Pay here", "New IBAN\n").as_bytes())
+    msg = mail(party, relay, "Pay here", "New IBAN\n")
+    msg["Authentication-Results"] = f"{AUTHSERV_ID}; spf=pass; dmarc=pass header.from={party}"
+    send_to_mx(postfix, party, [relay], msg.as_bytes())
     [notice] = sink.wait_for(1, timeout=60)
     assert notice.rcpt_tos == (party,) and notice.mail_from == ""
     assert b"5.7.26" in notice.data  # mailveil's DMARC refusal, as Postfix reports it
@@ -149,3 +154,33 @@ def test_a_downstream_550_reaches_the_sender_as_the_usual_notice(
     assert "Lunch" in text and str(fields["Status"]).startswith("5.")
     assert b"sunny-tours" not in notice.data
     assert dkim_valid(notice.data)
+
+
+def test_the_upstreams_results_are_believed_from_trusted_peers_only(
+        mailveil: Mailveil, sink: Sink, postfix: Postfix) -> None:
+    """Mail whose results a trusted peer's checkers wrote is judged by them: a party at
+    spoofed.example that the upstream found DMARC-aligned is relayed, though this DNS would
+    refuse it. From anyone else, XFORWARD is an unknown command and the same fields are the
+    sender's word: mailveil checks, and refuses."""
+    party = f"ann@{SPOOFED_DOMAIN}"
+    relay = register(mailveil, "GYG-TRUST", customer=party)["supplier_relay_address"]
+    msg = mail(party, relay, "Checked upstream", "Hello\n")
+    msg["Authentication-Results"] = (f"{AUTHSERV_ID}; dmarc=pass (p=reject dis=none) "
+                                     f"header.from={SPOOFED_DOMAIN}")
+    refused: dict[str, tuple[int, bytes]] = {}
+    for source in ("127.0.0.1", CLIENT):  # MAILVEIL_TRUSTED_PEERS=127.0.0.1/32
+        with smtplib.SMTP("127.0.0.1", mailveil.smtp_port, timeout=30,
+                          source_address=(source, 0)) as smtp:
+            smtp.ehlo("mx.reply.example.com")
+            assert smtp.has_extn("xforward") is (source != CLIENT)
+            code, _ = smtp.docmd("XFORWARD", "NAME=mx.customer.example ADDR=192.0.2.7 "
+                                             "HELO=mx.customer.example")
+            assert code == (250 if source != CLIENT else 500)
+            try:
+                smtp.sendmail(party, [relay], msg.as_bytes())
+            except smtplib.SMTPDataError as exc:
+                refused[source] = (exc.smtp_code, exc.smtp_error)
+    assert list(refused) == [CLIENT] and refused[CLIENT][0] == 550
+    assert b"5.7.26" in refused[CLIENT][1]
+    [copy] = sink.wait_for(1, timeout=60)  # through Postfix behind
+    assert copy.rcpt_tos == (SUPPLIER,) and b"Checked upstream" in copy.data

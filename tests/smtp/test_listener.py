@@ -36,7 +36,8 @@ class Store:
         raise AssertionError("not used")
 
 
-async def not_asked(raw: bytes, *, client_ip: str, helo: str, mail_from: str) -> Authenticity:
+async def not_asked(raw: bytes, *, client_ip: str, helo: str, mail_from: str,
+                    upstream: bool) -> Authenticity:
     raise AssertionError("recipient policy needs no authenticity check")
 
 
