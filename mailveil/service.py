@@ -39,6 +39,8 @@ from mailveil.store import workers
 from mailveil.store.db import DATABASE_UNAVAILABLE, make_engine, migrate, session_factory
 from mailveil.store.retention import Retention, purge
 from mailveil.web.api import ApiContext, create_app
+from mailveil.web.portal.routes import PortalContext
+from mailveil.web.sessions import Signer, portal_secret
 
 log = logging.getLogger(__name__)
 
@@ -293,10 +295,20 @@ async def _sleep_until(event: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(event.wait(), seconds)
 
 
+def portal_context(rt: Runtime) -> PortalContext:
+    s = rt.settings
+    return PortalContext(
+        sessions=rt.sessions, book=address_book(s),
+        signer=Signer(portal_secret(s.portal_secret, s.data_dir), s.portal_session_lifetime),
+        base_url=s.portal_url or f"http://{s.http_listen}", link_lifetime=s.portal_link_lifetime,
+        grace=s.grace_period, answer_within=timedelta(days=s.cancellation_answer_days),
+        platform_name=s.platform_name, sign=signer(s))
+
+
 async def run_web(rt: Runtime) -> None:
     s = rt.settings
     app = create_app(ApiContext(rt.sessions, address_book(s), api_token(s), s.grace_period,
-                                s.booking_horizon))
+                                s.booking_horizon), portal_context(rt))
     server = uvicorn.Server(uvicorn.Config(app, host=s.http_listen.host, port=s.http_listen.port,
                                            log_level="warning", lifespan="off"))
     # uvicorn captures SIGTERM/SIGINT while it serves and raises them again once it has

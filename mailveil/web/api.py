@@ -30,6 +30,7 @@ from mailveil.store.models import (
     OutboundRow,
 )
 from mailveil.web.ops import ops_router
+from mailveil.web.portal.routes import PortalContext, mint_link, mount
 from mailveil.web.schemas import (
     ArchiveEntryOut,
     AttemptOut,
@@ -38,6 +39,7 @@ from mailveil.web.schemas import (
     BookingPatch,
     CustomerIn,
     OutboundOut,
+    PortalLinkOut,
     SupplierIn,
     SupplierOut,
 )
@@ -211,10 +213,30 @@ def _outbound_out(s: Session, o: OutboundRow) -> OutboundOut:
     )
 
 
-def create_app(ctx: ApiContext) -> FastAPI:
+# Mounted with the portal (create_app), whose settings the links take.
+portal_api = APIRouter(prefix="/api/v1", dependencies=[Depends(_authorized)])
+
+
+@portal_api.post("/suppliers/{supplier_id}/portal-link", status_code=status.HTTP_201_CREATED)
+def post_portal_link(supplier_id: str, s: DB, request: Request) -> PortalLinkOut:
+    """A one-time link signing the supplier in to the portal, for a button in the
+    marketplace's back office; it expires after MAILVEIL_PORTAL_LINK_MINUTES."""
+    portal: PortalContext = request.app.state.portal
+    if repo.get_supplier(s, supplier_id) is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no supplier with id {supplier_id!r}")
+    url, expires_at = mint_link(s, portal.base_url, supplier_id, portal.link_lifetime,
+                                datetime.now(UTC))
+    return PortalLinkOut(url=url, expires_at=expires_at)
+
+
+def create_app(ctx: ApiContext, portal: PortalContext | None = None) -> FastAPI:
+    """The API, and with ``portal`` the supplier portal and its link-minting call."""
     app = FastAPI(title="mailveil", summary="Masked e-mail relay for marketplaces",
                   version="0.1.0")
     app.state.ctx = ctx
     app.include_router(router)
     app.include_router(ops_router(ctx.sessions))
+    if portal is not None:
+        app.include_router(portal_api)
+        mount(app, portal)
     return app

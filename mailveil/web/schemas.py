@@ -121,3 +121,8 @@ class ArchiveEntryOut(BaseModel):
     encrypted: bool  # received over TLS (STARTTLS)
     tls_version: str | None
     outbound: list[OutboundOut]
+
+
+class PortalLinkOut(BaseModel):
+    url: str  # one-time: the first sign-in through it spends it
+    expires_at: datetime
