@@ -98,6 +98,11 @@ _SHORT_RUN = 2_000
 _WORD_BYTES = 45
 """UTF-8 bytes per encoded word: base64 makes 60 characters, 72 with ``=?utf-8?b?...?=``."""
 _BAD_IN_LINE = re.compile(r"[^\t -~]")
+_ID_FIELDS = frozenset({"in-reply-to", "references"})
+_ID_LIST = re.compile(r"<[!-;=?-~]+>(?:[ \t]+<[!-;=?-~]+>)*")
+"""Id lists, which the stdlib folds as unstructured text, writing an id longer than a line
+as encoded words: the recipient's program could then not match it to the messages it has
+(threading). They are folded only between ids. (Message-ID has a parser that keeps ids.)"""
 """In a folded line: anything but printable ASCII, space and tab."""
 
 
@@ -376,6 +381,8 @@ def fold(name: str, value: str, newline: bytes = b"\r\n") -> bytes:
     line = _plain_line(name, value)
     if line is not None:
         return line.encode("ascii") + newline
+    if name.lower() in _ID_FIELDS and _ID_LIST.fullmatch(value):
+        return _fold_ids(name, value.split(), newline)
     linesep = newline.decode("ascii")
     unstructured = issubclass(_kind(name), UnstructuredHeader)
     if len(value) <= MAX_STRUCTURED_HEADER and not (unstructured and not value.isascii()):
@@ -458,6 +465,19 @@ def fold_text(name: str, text: str, newline: bytes = b"\r\n", *, encode_long: bo
         if wanted > _FOLD_AT and (lines[-1] != head or wanted > MAX_LINE):
             lines.append("")
         lines[-1] += " " + atom
+    return newline.join(line.encode("ascii") for line in lines) + newline
+
+
+def _fold_ids(name: str, ids: list[str], newline: bytes) -> bytes:
+    """Ids joined on one line while it stays within ``_FOLD_AT``, else one more line each;
+    empty (the field dropped) when a single id cannot fit within ``MAX_LINE``."""
+    lines = [f"{name}:"]
+    for one in ids:
+        if len(lines[-1]) + 1 + len(one) > _FOLD_AT and lines[-1] != f"{name}:":
+            lines.append("")
+        lines[-1] += f" {one}"
+    if any(len(line) > MAX_LINE for line in lines):
+        return b""
     return newline.join(line.encode("ascii") for line in lines) + newline
 
 

@@ -283,3 +283,22 @@ def test_base64_payload_tolerates_bad_padding(body: bytes, expected: bytes) -> N
 def test_corpus_round_trips(path: Path) -> None:
     raw = path.read_bytes()
     assert serialize(parse(raw)) == raw
+
+
+_ID = st.from_regex(r"<[a-z0-9.]{1,120}@[a-z0-9.]{1,60}>", fullmatch=True)
+
+
+@given(ids=st.lists(_ID, min_size=1, max_size=8))
+def test_long_ids_fold_between_ids_and_are_never_encoded(ids: list[str]) -> None:
+    """A recipient's program matches In-Reply-To and References byte for byte against the
+    ids it knows: an id written as encoded words, or split, no longer threads."""
+    for name in ("In-Reply-To", "References"):
+        folded = fold(name, " ".join(ids)).decode("ascii")
+        assert "=?" not in folded
+        assert all(len(line) <= 78 or line.count("<") == 1 for line in folded.splitlines())
+        unfolded = folded.split(":", 1)[1].replace("\r\n", "")
+        assert unfolded.split() == ids
+
+
+def test_an_id_longer_than_a_line_drops_the_field() -> None:
+    assert fold("References", "<" + "a" * 1000 + "@x.org>") == b""
