@@ -43,8 +43,6 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 from email.policy import default as default_policy
 from email.utils import getaddresses
 from enum import StrEnum
@@ -59,7 +57,7 @@ from mailveil.authn.lookup import DNS_TIMEOUT, TempError, domain_of, normalized,
 from mailveil.authn.spf import SpfResult, check_spf
 from mailveil.domain.addresses import same_mailbox
 from mailveil.mail.dkim import crlf
-from mailveil.mail.mime import header_block
+from mailveil.mail.mime import Entity, header_block
 
 DkimResult = Literal["pass", "fail", "temperror"]
 DmarcResult = Literal["pass", "fail", "none", "temperror"]
@@ -194,13 +192,16 @@ def _read_headers(raw: bytes) -> tuple[FromShape, str, list[_Signature]]:
 
 
 def from_shape(head: bytes) -> tuple[FromShape, str]:
-    """The shape of the From header in ``head`` and, for ``ONE``, its mailbox."""
-    values = BytesHeaderParser(policy=compat32).parsebytes(head).get_all("From") or []
+    """The shape of the From header in ``head`` and, for ``ONE``, its mailbox.
+
+    The fields are read by the relay's own MIME reader, as everywhere else: a second
+    parser could see another From (and missed one after a byte-order mark)."""
+    values = [found.text for found in Entity(head).fields if found.key == "from"]
     if not values:
         return FromShape.MISSING, ""
     if len(values) > 1:
         return FromShape.SEVERAL_FIELDS, ""
-    value = str(values[0])
+    value = values[0]
     if _is_group(value):
         return FromShape.GROUP, ""
     addresses = [address for _, address in getaddresses([value])]

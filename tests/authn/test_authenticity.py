@@ -235,6 +235,14 @@ def test_one_mailbox_in_any_spelling_is_evaluated(nameserver: str) -> None:
         assert (result.verdict, result.refusal) == (Verdict.ACCEPT, None)
 
 
+def test_a_from_after_a_byte_order_mark_is_the_one_the_relay_reads(nameserver: str) -> None:
+    """Some mailers start a message with a UTF-8 byte-order mark; the relay's MIME reader
+    skips it, so the sender check must see the same From (it once found none: 550)."""
+    result = _check(nameserver, b"\xef\xbb\xbf" + _message())
+    assert (result.from_shape, result.from_address) == (FromShape.ONE, "ann@shop.example")
+    assert (result.verdict, result.refusal) == (Verdict.ACCEPT, None)
+
+
 def test_from_mailbox_compares_without_case(nameserver: str) -> None:
     result = _check(nameserver, _message("Ann <Ann@SHOP.Example>"), mail_from="ann@Shop.EXAMPLE")
     assert (result.from_address, result.from_domain) == ("Ann@SHOP.Example", "shop.example")
