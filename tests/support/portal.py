@@ -57,7 +57,7 @@ def conversation(mv: Mailveil, reference: str = "GYG-1001", *,
     """A booking whose thread holds a delivered message of the customer, a refused one of
     the supplier (written to two customers at once) and a delivered one with an attachment."""
     b = register(mv, reference, locale=locale)
-    other = register(mv, reference + "-X", customer="bob@example.org")
+    other = register(mv, "OTHER-" + reference, customer="bob@example.org")
     send(mv, mail(CUSTOMER, b["supplier_relay_address"], "Where do we meet?",
                   "Hello, where do we meet?\n"), CUSTOMER, [b["supplier_relay_address"]])
     refused = mail(SUPPLIER, b["customer_relay_address"], "Reminder", "See you at 9.\n",
