@@ -214,6 +214,9 @@ CASES: dict[str, tuple[Callable[[Setup], None], str, str]] = {
     "smarthost certificate unverified": (_settings(smarthost_ca=None), "smarthost",
                                          "CERTIFICATE_VERIFY_FAILED"),
     "database not migrated": (_unmigrated, "database", "run `mailveil migrate`"),
+    "database unreachable": (_settings(
+        database_url=f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/mailveil"),
+        "database", "not reachable"),
     "clamd down": (_settings(clamd=f"127.0.0.1:{free_port()}"), "clamd", "cannot reach"),
     "open files": (_settings(smtp_max_connections=10_000_000), "open files", "is below"),
 }
