@@ -125,3 +125,20 @@ def test_tls_settings(tmp_path: Path) -> None:
                   "MAILVEIL_SMARTHOST_TLS": "off"})
     with pytest.raises(ConfigError, match=r"^MAILVEIL_TLS_KEY"):
         from_env({"MAILVEIL_TLS_KEY": str(pem)})
+
+
+def test_portal_settings() -> None:
+    s = from_env({})
+    assert (s.portal_url, s.portal_link_lifetime) == (None, timedelta(minutes=15))
+    s = from_env({"MAILVEIL_PORTAL_URL": "https://partners.tourly.example/",
+                  "MAILVEIL_PORTAL_LINK_MINUTES": "5", "MAILVEIL_PORTAL_SESSION_HOURS": "2",
+                  "MAILVEIL_PORTAL_SECRET": "k" * 32, "MAILVEIL_CANCELLATION_ANSWER_DAYS": "3"})
+    assert s.portal_url == "https://partners.tourly.example"
+    assert s.portal_link_lifetime == timedelta(minutes=5)
+    assert s.portal_session_lifetime == timedelta(hours=2)
+    assert (s.portal_secret, s.cancellation_answer_days) == ("k" * 32, 3)
+    for name, value in [("PORTAL_URL", "ftp://x"), ("PORTAL_URL", "https://a b"),
+                        ("PORTAL_LINK_MINUTES", "0"), ("PORTAL_SECRET", "short"),
+                        ("CANCELLATION_ANSWER_DAYS", "-1")]:
+        with pytest.raises(ConfigError, match=f"MAILVEIL_{name}"):
+            from_env({f"MAILVEIL_{name}": value})
