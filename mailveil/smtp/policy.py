@@ -22,6 +22,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping
 
+from mailveil.metrics import RCPT_REFUSED
 from mailveil.smtp import replies
 from mailveil.smtp.gate import Lookup, rcpt_reply
 
@@ -88,6 +89,8 @@ async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamW
                 answer = replies.S451_STORE_DOWN
             else:
                 answer = action(request, found)
+            if answer != DUNNO:
+                RCPT_REFUSED.labels(code=answer[:9]).inc()  # as the listener counts its own
             writer.write(f"action={answer}\n\n".encode())
             await writer.drain()
     except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailveil.domain.addresses import AddressBook, Role
@@ -64,6 +65,7 @@ async def ask(lookup: Callable[[str], Lookup], *requests: bytes) -> list[bytes]:
 def test_the_gates_verdicts_reach_postfix(sessions: sessionmaker[Session]) -> None:
     relay = booking(sessions)
     backend = StoreBackend(sessions, BOOK)
+    unknown_before = refused("550 5.1.1")
     answers = asyncio.run(ask(
         backend.lookup,
         request(relay, CUSTOMER),
@@ -76,6 +78,11 @@ def test_the_gates_verdicts_reach_postfix(sessions: sessionmaker[Session]) -> No
                        f"action={replies.S550_UNKNOWN}\n\n".encode(),
                        f"action={replies.S550_NULL_SENDER}\n\n".encode(),
                        b"action=DUNNO\n\n"]
+    assert refused("550 5.1.1") == unknown_before + 1  # counted as the listener counts
+
+
+def refused(code: str) -> float:
+    return REGISTRY.get_sample_value("mailveil_rcpt_refused_total", {"code": code}) or 0.0
 
 
 def test_a_store_that_cannot_answer_defers() -> None:
