@@ -62,7 +62,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from email.headerregistry import Address
 from email.utils import formatdate, quote
@@ -75,7 +75,6 @@ from mailveil.mail.mime import (
     Entity,
     Field,
     Part,
-    body_bytes,
     fold,
     header_text,
     is_plain_addr_spec,
@@ -84,6 +83,7 @@ from mailveil.mail.mime import (
     serialize,
 )
 from mailveil.mail.scrub import may_name_address, scrub_bytes, scrub_filename, scrub_text
+from mailveil.mail.steps import Step, run
 
 KEPT_HEADERS = frozenset(
     {
@@ -153,15 +153,63 @@ class RewritePlan:
     replacements: Mapping[str, str] = field(hash=False)
     banner_text: str | None = None
     banner_html: str | None = None
+    sign: Callable[[bytes], bytes] | None = field(default=None, compare=False)  # DKIM
 
 
 def rewrite(raw: bytes, plan: RewritePlan) -> bytes:
-    """The outgoing message for ``raw``; never raises on any ``raw``."""
-    root = parse(raw)
-    banners = _banner_targets(root, plan)
+    """The outgoing message for ``raw``: every step of :data:`STEPS`; never raises on any
+    ``raw``."""
+    return run(STEPS, raw, plan).raw
+
+
+def scrub(root: Entity, plan: RewritePlan) -> Entity:
+    """Real addresses replaced in everything below the top-level header, forwarded
+    messages whole (see :func:`_forwarded`); calendars and vCards are :func:`cards`'s."""
     cards = card_replacements(plan.replacements, plan.to_address)
-    root = _transform(root, plan.replacements, cards, banners, 0)
-    return _header_block(root, plan) + b"\r\n" + body_bytes(root)
+    return _scrubbed(root, plan.replacements, cards, 0)
+
+
+def cards(root: Entity, plan: RewritePlan) -> Entity:
+    """Calendar invitations and vCards rewritten by :mod:`mailveil.mail.calendar`. After
+    :func:`scrub`, which leaves alone exactly the cards this rewrites."""
+    return _carded(root, card_replacements(plan.replacements, plan.to_address))
+
+
+def banner(root: Entity, plan: RewritePlan) -> Entity:
+    """The first readable text/plain and text/html part each get their banner."""
+    targets = _banner_targets(root, plan)
+    return _bannered(root, targets, plan.replacements) if targets else root
+
+
+def within_limit(root: Entity, plan: RewritePlan) -> Entity:
+    """No body line over ``MAX_LINE``, decoded contents unchanged (:func:`_within_limit`)."""
+    return _within_limit(root)
+
+
+def headers(root: Entity, plan: RewritePlan) -> Entity:
+    """The top-level header block rebuilt (:func:`_header_block`)."""
+    return replace(root, header=_header_block(root, plan) + b"\r\n")
+
+
+def sign(raw: bytes, plan: RewritePlan) -> bytes:
+    return plan.sign(raw) if plan.sign is not None else raw
+
+
+STEPS: tuple[Step[RewritePlan], ...] = (
+    # Both parties' real addresses become relay addresses: bodies, part headers, forwards.
+    Step("scrub", "real addresses replaced below the top-level header", tree=scrub),
+    # The recipient gets their own address back, so that an iMIP "Accept" finds its way.
+    Step("cards", "calendar invitations and vCards rewritten", tree=cards),
+    # After scrubbing: the banner names nobody's real address, and must not be scrubbed.
+    Step("banner", "the banner added to the first text and HTML part", tree=banner),
+    # After every change to a body: a part that now has a long line is re-encoded too.
+    Step("line-length", "parts with lines over 998 octets re-encoded", tree=within_limit),
+    # Last on the tree: a text leaf at the top may have had its Content-Type changed.
+    Step("headers", "the top-level header rebuilt from the allow-list", tree=headers),
+    # Over the final bytes, so it runs last; without a key (tests) it changes nothing.
+    Step("dkim-sign", "signed with the relay domain's DKIM key", raw=sign),
+)
+"""What happens to a relayed copy, in order (:mod:`mailveil.mail.steps` runs them)."""
 
 
 def _header_block(root: Entity, plan: RewritePlan) -> bytes:
@@ -307,48 +355,73 @@ def _readable(entity: Entity) -> Iterator[Entity]:
         yield entity
 
 
-def _transform(
-    entity: Entity,
-    replacements: Mapping[str, str],
-    cards: Mapping[str, str],
-    banners: dict[int, str],
-    depth: int,
+def _scrubbed(
+    entity: Entity, replacements: Mapping[str, str], cards: Mapping[str, str], depth: int
 ) -> Entity:
-    """``entity`` as it goes out, but for its own header, which is its parent's business.
+    """``entity`` scrubbed, but for its own header, which is its parent's business.
 
-    ``cards`` are the replacements for calendars and vCards (:mod:`mailveil.mail.calendar`);
-    ``depth`` counts the forwarded messages around ``entity``.
+    ``cards`` are the replacements for calendars and vCards (:mod:`mailveil.mail.calendar`),
+    which are left to :func:`cards` when it changes them; ``depth`` counts the forwarded
+    messages around ``entity``.
     """
     if entity.content_type in FORWARDED:
-        return _within_limit(_forwarded(entity, replacements, cards, depth))
-    if (card := rewrite_card(entity, cards)) is not None:
-        return _within_limit(replace(entity, body=_transfer_encode(card, entity)))
+        return _forwarded(entity, replacements, cards, depth)
+    if rewrite_card(entity, cards) is not None:
+        return entity
     if entity.content_type in SEALED or (entity.is_attachment and entity.maintype != "text"):
-        return _within_limit(entity)
+        return entity
     if entity.multipart:
         return replace(
             entity,
-            preamble=_broken(scrub_bytes(entity.preamble, replacements), entity.newline),
+            preamble=scrub_bytes(entity.preamble, replacements),
             parts=tuple(
                 Part(
                     p.delimiter,
-                    _scrub_fields(
-                        _transform(p.entity, replacements, cards, banners, depth), replacements
-                    ),
+                    _scrub_fields(_scrubbed(p.entity, replacements, cards, depth), replacements),
                 )
                 for p in entity.parts
             ),
-            epilogue=_broken(scrub_bytes(entity.epilogue, replacements), entity.newline),
+            epilogue=scrub_bytes(entity.epilogue, replacements),
         )
     if entity.maintype != "text":
-        return _within_limit(replace(entity, body=scrub_bytes(entity.body, replacements)))
-    return _rewrite_text(entity, replacements, banners.get(id(entity)))
+        return replace(entity, body=scrub_bytes(entity.body, replacements))
+    return _edited(entity, lambda text: scrub_text(text, replacements), replacements) or _opaque(
+        entity, replacements
+    )
+
+
+def _carded(entity: Entity, cards: Mapping[str, str]) -> Entity:
+    """Calendars and vCards outside sealed subtrees and forwarded messages (which
+    :func:`_forwarded` rewrites whole)."""
+    if entity.content_type in SEALED or entity.content_type in FORWARDED:
+        return entity
+    if entity.multipart:
+        return replace(
+            entity, parts=tuple(Part(p.delimiter, _carded(p.entity, cards)) for p in entity.parts)
+        )
+    card = rewrite_card(entity, cards)
+    return entity if card is None else replace(entity, body=_transfer_encode(card, entity))
+
+
+def _bannered(entity: Entity, targets: dict[int, str], replacements: Mapping[str, str]) -> Entity:
+    if entity.multipart:
+        parts = tuple(Part(p.delimiter, _bannered(p.entity, targets, replacements))
+                      for p in entity.parts)
+        return replace(entity, parts=parts)
+    text = targets.get(id(entity))
+    if text is None:
+        return entity
+    html = entity.content_type == "text/html"
+    return _edited(entity, lambda shown: _with_banner(shown, text, html=html), replacements) or (
+        entity
+    )
 
 
 def _forwarded(
     entity: Entity, replacements: Mapping[str, str], cards: Mapping[str, str], depth: int
 ) -> Entity:
-    """A forwarded message: its header fields scrubbed, its body like a top-level one.
+    """A forwarded message: its header fields scrubbed, its body like a top-level one (its
+    calendars and line lengths included: it is one leaf of the tree, parsed here once).
 
     The transfer encoding (base64 happens, though RFC 2046 forbids it) is undone and redone.
     An unchanged message goes out byte for byte.
@@ -357,24 +430,26 @@ def _forwarded(
     if depth >= MAX_FORWARD_DEPTH:
         inner = scrub_bytes(data, replacements)
     else:
-        message = _transform(parse(data), replacements, cards, {}, depth + 1)
+        message = _scrubbed(parse(data), replacements, cards, depth + 1)
+        message = _within_limit(_carded(message, cards))
         inner = serialize(_scrub_fields(message, replacements))
     inner = _broken(inner, entity.newline)
     return entity if inner == data else replace(entity, body=_transfer_encode(inner, entity))
 
 
-def _rewrite_text(entity: Entity, replacements: Mapping[str, str], banner: str | None) -> Entity:
-    """Scrub (and maybe banner) one text leaf; an unchanged part is returned as it came."""
+def _edited(
+    entity: Entity, edit: Callable[[str], str], replacements: Mapping[str, str]
+) -> Entity | None:
+    """One text leaf with ``edit`` applied to its text, re-encoded only if that changed it;
+    None when it cannot be read as text (see :func:`_shown`)."""
     declared = charsets.codec(entity.param("charset") or "us-ascii")
     data = _shown(entity, declared, replacements)
     if declared is None or data is None:
-        return _opaque(entity, replacements)
+        return None
     text, codec = _decode(data, declared)
-    new = scrub_text(text, replacements)
-    if banner:
-        new = _with_banner(new, banner, html=entity.content_type == "text/html")
+    new = edit(text)
     if new == text:
-        return _within_limit(entity)
+        return entity
     try:
         data = new.encode(codec)
     except UnicodeEncodeError:
@@ -468,8 +543,8 @@ def _opaque(entity: Entity, replacements: Mapping[str, str]) -> Entity:
                                             entity.newline))
     new = scrub_bytes(data, replacements)
     if new == data:
-        return _within_limit(entity)
-    return _within_limit(replace(entity, body=_transfer_encode(new, entity)))
+        return entity
+    return replace(entity, body=_transfer_encode(new, entity))
 
 
 def _with_banner(text: str, banner: str, *, html: bool) -> str:

@@ -5,6 +5,7 @@ Pure apart from the clock and random ids the caller passes in or that ``make_msg
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import make_msgid
@@ -17,7 +18,8 @@ from mailveil.mail.banner import BOX_STYLE, banner
 from mailveil.mail.inspect import MessageFacts
 from mailveil.mail.mime import header_block
 from mailveil.mail.notices import Notice, UndeliverableCause, build_notice
-from mailveil.mail.rewrite import RewritePlan, rewrite
+from mailveil.mail.rewrite import STEPS, RewritePlan
+from mailveil.mail.steps import run
 from mailveil.pipeline.rules import MAX_ATTACHMENT_MB
 
 
@@ -38,6 +40,7 @@ class Relayed:
     raw: bytes
     message_id: str
     pair: IdPair | None  # None when the original had no Message-ID to thread on
+    steps: tuple[str, ...]  # the names of the STEPS that changed it, for the archive
 
 
 def new_message_id(book: AddressBook) -> str:
@@ -46,9 +49,11 @@ def new_message_id(book: AddressBook) -> str:
 
 def relay_copy(raw: bytes, facts: MessageFacts, booking: Booking, recipient_role: Role,
                pairs: list[IdPair], book: AddressBook, voice: Voice,
-               unverified: bool = False) -> Relayed:
-    """The copy for the other party; ``unverified``: the banner warns that nothing proved
-    the sender's domain sent it."""
+               unverified: bool = False, sign: Callable[[bytes], bytes] | None = None
+               ) -> Relayed:
+    """The copy for the other party, through every step of ``rewrite.STEPS``;
+    ``unverified``: the banner warns that nothing proved the sender's domain sent it;
+    ``sign``: DKIM with the relay domain's key."""
     sender_role = recipient_role.other
     sender, recipient = booking.party(sender_role), booking.party(recipient_role)
     relay_of = {role: book.relay_address(role, booking.token(role)) for role in Role}
@@ -72,9 +77,11 @@ def relay_copy(raw: bytes, facts: MessageFacts, booking: Booking, recipient_role
                       recipient.email.lower(): relay_of[recipient_role]},
         banner_text=text,
         banner_html=html,
+        sign=sign,
     )
     pair = IdPair(sender_role, facts.message_id, message_id) if facts.message_id else None
-    return Relayed(rewrite(raw, plan), message_id, pair)
+    done = run(STEPS, raw, plan)
+    return Relayed(done.raw, message_id, pair, done.changed)
 
 
 def notice(*, reason: Outcome, cause: UndeliverableCause | None, booking: Booking,

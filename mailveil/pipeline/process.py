@@ -279,7 +279,7 @@ class Processor:
         relayed = compose.relay_copy(
             result.message.raw, info, r.booking, r.role, known.pairs[r.booking_id],
             self._p.book, self._p.voice,
-            unverified=result.message.sender_check == SenderCheck.UNVERIFIED)
+            unverified=result.message.sender_check == SenderCheck.UNVERIFIED, sign=self._p.sign)
         if relayed.pair is not None:
             # Later messages of the batch may already refer to this one.
             known.pairs[r.booking_id].append(relayed.pair)
@@ -290,7 +290,7 @@ class Processor:
             recipient_role=r.role, bounce_token=token,
             mail_from=self._p.book.bounce_address(token),
             rcpt_to=r.booking.party(r.role).email, message_id=relayed.message_id,
-            raw=self._p.sign(relayed.raw),
+            raw=relayed.raw, steps=relayed.steps,
         ))
 
     def _may_notify(self, mail_from: str, info: MessageFacts, recipient: Recipient) -> bool:

@@ -154,6 +154,8 @@ class OutboundRow(Base):
     message_id: Mapped[str] = mapped_column(String(255))
     raw: Mapped[bytes] = mapped_column(LargeBinary)
     sha256: Mapped[str] = mapped_column(String(64))
+    # A relayed copy: the names of the steps that changed it (mail/rewrite.STEPS); else NULL.
+    steps: Mapped[list[str] | None] = mapped_column(JSON)
     state: Mapped[str] = mapped_column(String(16))  # an OutboxState (domain/states.py)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime]
@@ -275,3 +277,21 @@ class CancellationRow(Base):
     created_at: Mapped[datetime]
     answer_by: Mapped[datetime]  # after this, unanswered: recorded for care
     answered_at: Mapped[datetime | None]
+
+
+class WebhookEventRow(Base):
+    """An event for the marketplace, queued in the transaction of the change it reports and
+    delivered at least once to MAILVEIL_WEBHOOK_URL (mailveil/web/webhooks.py)."""
+
+    __tablename__ = "webhook_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event: Mapped[str] = mapped_column(String(64))
+    body: Mapped[str] = mapped_column(Text)  # the exact JSON sent and signed
+    created_at: Mapped[datetime]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None]  # None: delivered
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None]
+
+    __table_args__ = (Index("ix_webhook_events_due", "next_attempt_at"),)

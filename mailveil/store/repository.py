@@ -363,6 +363,7 @@ class NewOutbound:
     rcpt_to: str
     message_id: str
     raw: bytes
+    steps: tuple[str, ...] | None = None  # a relayed copy's changes (mailveil.mail.steps)
 
 
 def queue_outbounds(s: Session, messages: Sequence[NewOutbound], now: datetime) -> list[int]:
@@ -378,6 +379,7 @@ def _outbound_values(msg: NewOutbound, now: datetime) -> dict[str, Any]:
             "recipient_role": msg.recipient_role.value if msg.recipient_role else None,
             "bounce_token": msg.bounce_token, "mail_from": msg.mail_from,
             "rcpt_to": msg.rcpt_to, "message_id": msg.message_id, "raw": msg.raw,
+            "steps": None if msg.steps is None else list(msg.steps),
             "sha256": sha256_of(msg.raw), "state": OutboxState.QUEUED, "attempts": 0,
             "next_attempt_at": now, "created_at": now}
 

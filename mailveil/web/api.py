@@ -206,7 +206,7 @@ def _outbound_out(s: Session, o: OutboundRow) -> OutboundOut:
                          .order_by(AttemptRow.id)).all()
     return OutboundOut(
         id=o.id, kind=o.kind, to=o.recipient_role or "", message_id=o.message_id, state=o.state,
-        sha256=o.sha256,
+        sha256=o.sha256, steps=o.steps,
         attempts=[AttemptOut(attempted_at=a.attempted_at, code=a.code, response=a.response,
                              outcome=a.outcome, encrypted=a.tls_version is not None,
                              tls_version=a.tls_version) for a in attempts],

@@ -104,6 +104,7 @@ class OutboundOut(BaseModel):
     message_id: str
     state: str
     sha256: str
+    steps: list[str] | None  # a relayed copy: the steps that changed it, in order
     attempts: list[AttemptOut]
 
 

@@ -66,6 +66,9 @@ def test_customer_writes_supplier_replies_in_thread(mailveil: Mailveil, sink: Si
     entries = archive(mailveil, "GYG-1001", 2)
     assert [e["outcome"] for e in entries] == ["relayed", "relayed"]
     assert [e["sender"] for e in entries] == ["customer", "supplier"]
+    # Each copy's real address in the text was scrubbed; no line was too long.
+    assert [o["steps"] for e in entries for o in e["outbound"]] == [
+        ["scrub", "banner", "headers", "dkim-sign"]] * 2
     assert all(e["outbound"][0]["state"] == "delivered" for e in
                archive_until_delivered(mailveil, "GYG-1001"))
 
@@ -121,7 +124,8 @@ def test_expired_booking_is_refused_with_a_notice(mailveil: Mailveil, sink: Sink
     assert SUPPLIER.encode() not in notice.data.lower()
     entries = archive_until_delivered(mailveil, "GYG-4004")
     assert entries[0]["outcome"] == "refused_expired"
-    assert [o["kind"] for e in entries for o in e["outbound"]] == ["notice"]
+    assert [(o["kind"], o["steps"]) for e in entries for o in e["outbound"]] == [
+        ("notice", None)]
     assert sink.to(SUPPLIER) == []
 
 
