@@ -86,6 +86,8 @@ class Settings:
     portal_session_lifetime: timedelta = timedelta(hours=12)
     portal_secret: str | None = None  # signs cookies; None: generated into data_dir
     cancellation_answer_days: int = 14  # how long a customer's confirm/decline links work
+    webhook_url: str | None = None  # where events for the marketplace go; None: no events
+    webhook_secret: str | None = None  # signs them; None: generated into data_dir
 
     @property
     def capture_dir(self) -> Path:
@@ -298,6 +300,14 @@ def from_env(env: Mapping[str, str]) -> Settings:
         values["portal_secret"] = v
     if (v := get("CANCELLATION_ANSWER_DAYS")) is not None:
         values["cancellation_answer_days"] = _positive_int("CANCELLATION_ANSWER_DAYS", v)
+    if (v := get("WEBHOOK_URL")) is not None:
+        if not re.match(r"^https?://[^\s/]+(/\S*)?$", v):
+            raise ConfigError(f"{PREFIX}WEBHOOK_URL: expected an http(s) URL, got {v!r}")
+        values["webhook_url"] = v
+    if (v := get("WEBHOOK_SECRET")) is not None:
+        if len(v) < 32:
+            raise ConfigError(f"{PREFIX}WEBHOOK_SECRET: use at least 32 characters")
+        values["webhook_secret"] = v
     s = Settings(**values)  # type: ignore[arg-type]
     if s.retention_metadata < s.retention_body:
         raise ConfigError(f"{PREFIX}RETENTION_DAYS must not be shorter than RETENTION_BODY_DAYS")

@@ -40,7 +40,8 @@ from mailveil.store.db import DATABASE_UNAVAILABLE, make_engine, migrate, sessio
 from mailveil.store.retention import Retention, purge
 from mailveil.web.api import ApiContext, create_app
 from mailveil.web.portal.routes import PortalContext
-from mailveil.web.sessions import Signer, portal_secret
+from mailveil.web.sessions import Signer, stored_secret
+from mailveil.web.webhooks import Sender
 
 log = logging.getLogger(__name__)
 
@@ -299,10 +300,11 @@ def portal_context(rt: Runtime) -> PortalContext:
     s = rt.settings
     return PortalContext(
         sessions=rt.sessions, book=address_book(s),
-        signer=Signer(portal_secret(s.portal_secret, s.data_dir), s.portal_session_lifetime),
+        signer=Signer(stored_secret(s.portal_secret, s.data_dir / "portal-secret"),
+                      s.portal_session_lifetime),
         base_url=s.portal_url or f"http://{s.http_listen}", link_lifetime=s.portal_link_lifetime,
         grace=s.grace_period, answer_within=timedelta(days=s.cancellation_answer_days),
-        platform_name=s.platform_name, sign=signer(s))
+        platform_name=s.platform_name, sign=signer(s), webhooks=s.webhook_url is not None)
 
 
 async def run_web(rt: Runtime) -> None:
@@ -320,10 +322,23 @@ async def run_web(rt: Runtime) -> None:
     await task
 
 
+async def run_webhooks(rt: Runtime) -> None:
+    """Send the marketplace its events, with the worker (nothing to do without a URL)."""
+    s = rt.settings
+    if s.webhook_url is None:
+        return
+    sender = Sender(rt.sessions, s.webhook_url,
+                    stored_secret(s.webhook_secret, s.data_dir / "webhook-secret"))
+    try:
+        await _loop(rt, "webhooks", lambda: sender.run_once(now), asyncio.Event())
+    finally:
+        await sender.close()
+
+
 ROLES: dict[str, tuple[Callable[[Runtime], Awaitable[None]], ...]] = {
-    "serve": (run_smtp, run_worker, run_web),
+    "serve": (run_smtp, run_worker, run_web, run_webhooks),
     "smtp": (run_smtp,),
-    "worker": (run_worker,),
+    "worker": (run_worker, run_webhooks),
     "web": (run_web,),
 }
 

@@ -134,6 +134,7 @@ class CancellationState(StrEnum):
     REQUESTED = "requested"
     CONFIRMED = "confirmed"
     DECLINED = "declined"
+    UNANSWERED = "unanswered"  # the answer time ran out: recorded for care
 
 
 def latest_cancellation(s: Session, booking_id: int) -> CancellationRow | None:

@@ -77,15 +77,14 @@ class Signer:
         return token is not None and hmac.compare_digest(self.csrf_token(visit), token)
 
 
-def portal_secret(configured: str | None, data_dir: Path) -> str:
-    """The configured secret, or one generated once and kept in the data directory, so every
-    process sharing that directory (and a restart) accepts the same cookies."""
+def stored_secret(configured: str | None, path: Path) -> str:
+    """The configured secret, or one generated once into ``path`` (in the data directory),
+    so every process sharing that directory, and a restart, use the same one."""
     if configured:
         return configured
-    path = data_dir / "portal-secret"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
             f.write(secrets.token_urlsafe(48) + "\n")
-        log.warning("MAILVEIL_PORTAL_SECRET is not set: generated one in %s", path)
+        log.warning("no secret configured: generated one in %s", path)
     return path.read_text().strip()

@@ -6,7 +6,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from mailveil.web.sessions import Signer, Visit, portal_secret
+from mailveil.web.sessions import Signer, Visit, stored_secret
 
 SECRET = "s" * 48
 
@@ -51,8 +51,9 @@ def test_signing_in_and_out_change_the_browser_id_and_so_the_csrf_token() -> Non
 
 
 def test_the_secret_is_generated_once_and_private(tmp_path: Path) -> None:
-    first = portal_secret(None, tmp_path)
+    path = tmp_path / "var" / "portal-secret"
+    first = stored_secret(None, path)
     assert len(first) >= 48
-    assert portal_secret(None, tmp_path) == first
-    assert (tmp_path / "portal-secret").stat().st_mode & 0o777 == 0o600
-    assert portal_secret("configured" * 4, tmp_path) == "configured" * 4
+    assert stored_secret(None, path) == first
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert stored_secret("configured" * 4, path) == "configured" * 4

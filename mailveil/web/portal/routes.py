@@ -23,10 +23,12 @@ from mailveil.domain.addresses import AddressBook, Role
 from mailveil.domain.booking import BookingStatus, is_open, open_until
 from mailveil.store import portal as store
 from mailveil.store import repository as repo
-from mailveil.store.models import BookingRow, SupplierRow
+from mailveil.store import webhooks
+from mailveil.store.models import BookingRow, CancellationRow, SupplierRow
 from mailveil.web.portal import i18n, views
 from mailveil.web.portal.mail import Letter, queue
 from mailveil.web.sessions import COOKIE, Signer, Visit, new_browser_id
+from mailveil.web.webhooks import cancellation
 
 HERE = Path(__file__).parent
 PAGE_SIZE = 50
@@ -53,6 +55,7 @@ class PortalContext:
     answer_within: timedelta  # a customer's cancellation links work this long
     platform_name: str
     sign: Callable[[bytes], bytes]  # DKIM, like every mail that leaves
+    webhooks: bool = False  # MAILVEIL_WEBHOOK_URL is set: tell the marketplace every step
 
     @property
     def secure_cookies(self) -> bool:
@@ -335,8 +338,10 @@ def request_cancellation(reference: str, page: PageDep, s: DB, csrf: Csrf = "",
                            reason_error=not reason or len(reason) > MAX_REASON, **values)
     now, token = datetime.now(UTC), secrets.token_urlsafe(32)
     answer_by = now + page.ctx.answer_within
-    store.add_cancellation(s, booking_id=row.id, reason=reason, token=token, now=now,
-                           answer_by=answer_by)
+    request = store.add_cancellation(s, booking_id=row.id, reason=reason, token=token,
+                                     now=now, answer_by=answer_by)
+    _event(page, s, "cancellation.requested", request, row, now, reason=reason,
+           answer_by=answer_by.isoformat())
     language = i18n.language_of(row.customer_locale) or i18n.LANGUAGES[0]
     _mail(s, page, "mail/cancellation.txt", language, row.customer_name, row.customer_email,
           role=Role.CUSTOMER, booking_id=row.id, reference=row.reference,
@@ -367,10 +372,19 @@ def cancellation_answer(token: str, page: PageDep, s: DB, csrf: Csrf = "",
         raise HTTPException(422, "answer")
     state = (store.CancellationState.CONFIRMED if answer == "confirm"
              else store.CancellationState.DECLINED)
-    if store.cancellation_by_token(s, token) is None:
+    found = store.cancellation_by_token(s, token)
+    if found is None:
         raise HTTPException(404, "cancellation")
-    store.answer_cancellation(s, token, state, datetime.now(UTC))
+    now = datetime.now(UTC)
+    if store.answer_cancellation(s, token, state, now):
+        _event(page, s, f"cancellation.{state.value}", *found, now)
     return page.redirect(f"/portal/cancellation/{token}")
+
+
+def _event(page: Page, s: Session, event: str, request: CancellationRow, row: BookingRow,
+           now: datetime, **more: str) -> None:
+    if page.ctx.webhooks:
+        webhooks.emit(s, event, cancellation(request, row, **more), now)
 
 
 def mount(app: FastAPI, ctx: PortalContext) -> None:

@@ -1,0 +1,137 @@
+"""Webhook events: signed as README says, retried after a failure, each step of a
+cancellation told, against ``mailveil serve`` and a real HTTP receiver on loopback."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+
+from mailveil.store import portal as store
+from mailveil.store.db import make_engine, session_factory
+from mailveil.web.webhooks import FIRST_RETRY, MAX_RETRY, backoff, signature
+from tests.conftest import Mailveil
+from tests.support.client import CUSTOMER, register
+from tests.support.portal import csrf, link_in, sign_in, wait_for_mail
+from tests.support.sink import Sink
+
+SECRET = "webhook-secret-" + "x" * 32
+
+
+def verify(secret: str, header: str, body: bytes, now: float, tolerance: float = 300) -> bool:
+    """The receiver's check, as README shows it."""
+    fields = dict(part.split("=", 1) for part in header.split(","))
+    timestamp = int(fields["t"])
+    expected = hmac.new(secret.encode(), f"{timestamp}.".encode() + body,
+                        hashlib.sha256).hexdigest()
+    return abs(now - timestamp) <= tolerance and hmac.compare_digest(expected, fields["v1"])
+
+
+def test_signature_and_backoff() -> None:
+    header = signature(SECRET, 1_800_000_000, b'{"a":1}')
+    assert verify(SECRET, header, b'{"a":1}', 1_800_000_010)
+    assert not verify(SECRET, header, b'{"a":2}', 1_800_000_010)
+    assert not verify("other" + SECRET, header, b'{"a":1}', 1_800_000_010)
+    assert not verify(SECRET, header, b'{"a":1}', 1_800_001_000)  # replayed later
+    assert [backoff(n) for n in range(3)] == [FIRST_RETRY, FIRST_RETRY * 2, FIRST_RETRY * 4]
+    assert backoff(50) == MAX_RETRY
+
+
+class Receiver:
+    """The marketplace's endpoint: refuses the first request, keeps the rest."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[dict[str, str], bytes]] = []
+        self.refused = 0
+        self._cond = threading.Condition()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with outer._cond:
+                    if outer.refused == 0:
+                        outer.refused += 1
+                        self.send_response(500)
+                    else:
+                        outer.got.append((dict(self.headers), body))
+                        outer._cond.notify_all()
+                        self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
+
+    def wait_for(self, count: int, timeout: float = 60) -> list[tuple[dict[str, str], bytes]]:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(self.got) < count:
+                left = deadline - time.monotonic()
+                assert left > 0, f"{len(self.got)} of {count} events"
+                self._cond.wait(left)
+            return list(self.got)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    thread = threading.Thread(target=r.server.serve_forever, daemon=True)
+    thread.start()
+    yield r
+    r.server.shutdown()
+    r.server.server_close()
+
+
+@pytest.fixture
+def extra_env(receiver: Receiver) -> dict[str, str]:
+    return {"MAILVEIL_WEBHOOK_URL": receiver.url, "MAILVEIL_WEBHOOK_SECRET": SECRET}
+
+
+def test_every_step_of_a_cancellation_reaches_the_marketplace_signed(
+        mailveil: Mailveil, sink: Sink, receiver: Receiver, database_url: str) -> None:
+    register(mailveil)
+    register(mailveil, "GYG-OLD")
+    with sign_in(mailveil) as client:
+        page = client.get("/portal/bookings/GYG-1001")
+        client.post("/portal/bookings/GYG-1001/cancellation",
+                    data={"csrf": csrf(page.text), "reason": "Sick"})
+    url = link_in(wait_for_mail(sink, CUSTOMER)[0])
+    with httpx.Client(timeout=10) as customer:
+        question = customer.get(url)
+        customer.post(url, data={"csrf": csrf(question.text), "answer": "confirm"})
+    # A request nobody answered in time.
+    engine = make_engine(database_url)
+    with session_factory(engine)() as s, s.begin():
+        old = store.supplier_booking(s, "sup-1", "GYG-OLD")
+        assert old is not None
+        now = datetime.now(UTC)
+        store.add_cancellation(s, booking_id=old.id, reason="Rain", now=now - timedelta(days=20),
+                               token=secrets.token_urlsafe(32), answer_by=now)
+    engine.dispose()
+
+    got = receiver.wait_for(3)
+    assert receiver.refused == 1  # the first try failed and was retried
+    events = []
+    for headers, body in got:
+        assert verify(SECRET, headers["Mailveil-Signature"], body, time.time())
+        events.append(json.loads(body))
+    # In any order: the refused first one came back later.
+    assert sorted((e["type"], e["data"]["booking_reference"]) for e in events) == [
+        ("cancellation.confirmed", "GYG-1001"), ("cancellation.requested", "GYG-1001"),
+        ("cancellation.unanswered", "GYG-OLD")]
+    [requested] = [e for e in events if e["type"] == "cancellation.requested"]
+    assert requested["data"]["reason"] == "Sick"
+    assert len({e["id"] for e in events}) == 3
