@@ -137,8 +137,12 @@ def test_portal_settings() -> None:
     assert s.portal_link_lifetime == timedelta(minutes=5)
     assert s.portal_session_lifetime == timedelta(hours=2)
     assert (s.portal_secret, s.cancellation_answer_days) == ("k" * 32, 3)
+    s = from_env({"MAILVEIL_WEBHOOK_URL": "https://market.example/hooks",
+                  "MAILVEIL_WEBHOOK_SECRET": "w" * 32})
+    assert (s.webhook_url, s.webhook_secret) == ("https://market.example/hooks", "w" * 32)
     for name, value in [("PORTAL_URL", "ftp://x"), ("PORTAL_URL", "https://a b"),
                         ("PORTAL_LINK_MINUTES", "0"), ("PORTAL_SECRET", "short"),
-                        ("CANCELLATION_ANSWER_DAYS", "-1")]:
+                        ("CANCELLATION_ANSWER_DAYS", "-1"), ("WEBHOOK_URL", "hooks"),
+                        ("WEBHOOK_SECRET", "short")]:
         with pytest.raises(ConfigError, match=f"MAILVEIL_{name}"):
             from_env({f"MAILVEIL_{name}": value})
