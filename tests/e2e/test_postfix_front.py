@@ -179,7 +179,9 @@ def test_the_upstreams_results_are_believed_from_trusted_peers_only(
             try:
                 smtp.sendmail(party, [relay], msg.as_bytes())
             except smtplib.SMTPDataError as exc:
-                refused[source] = (exc.smtp_code, exc.smtp_error)
+                error = exc.smtp_error
+                refused[source] = (exc.smtp_code,
+                                   error if isinstance(error, bytes) else error.encode())
     assert list(refused) == [CLIENT] and refused[CLIENT][0] == 550
     assert b"5.7.26" in refused[CLIENT][1]
     [copy] = sink.wait_for(1, timeout=60)  # through Postfix behind
