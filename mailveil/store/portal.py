@@ -60,6 +60,11 @@ def link_usable(s: Session, token: str, now: datetime) -> bool:
         PortalLinkRow.expires_at > now)) is not None
 
 
+def links_since(s: Session, supplier_id: str, since: datetime) -> int:
+    return s.scalar(select(func.count()).select_from(PortalLinkRow).where(
+        PortalLinkRow.supplier_id == supplier_id, PortalLinkRow.created_at > since)) or 0
+
+
 def suppliers_by_email(s: Session, email: str) -> list[SupplierRow]:
     return list(s.scalars(select(SupplierRow)
                           .where(func.lower(SupplierRow.email) == email.strip().lower())))

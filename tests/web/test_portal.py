@@ -99,6 +99,21 @@ def test_the_sign_in_form_mails_a_link_through_the_outbox(mailveil: Mailveil,
         assert client.get(f"{base(mailveil)}/portal/bookings").status_code == 200
 
 
+def test_the_sign_in_form_mails_few_links(mailveil: Mailveil, sink: Sink,
+                                          database_url: str) -> None:
+    register(mailveil)
+    with httpx.Client(base_url=base(mailveil), timeout=10) as client:
+        token = csrf(client.get("/portal/sign-in").text)
+        for _ in range(5):
+            r = client.post("/portal/sign-in", data={"csrf": token, "email": SUPPLIER})
+            assert r.status_code == 200
+    engine = make_engine(database_url)
+    with session_factory(engine)() as s:
+        assert store.links_since(s, "sup-1", datetime.now(UTC) - timedelta(hours=1)) == 3
+    engine.dispose()
+    assert len(wait_for_mail(sink, SUPPLIER, 3)) == 3
+
+
 def speak(client: httpx.Client, language: str) -> None:
     token = csrf(client.get("/portal/bookings").text)
     assert client.post("/portal/language", data={"csrf": token, "language": language}

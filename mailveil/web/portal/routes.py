@@ -34,6 +34,7 @@ HERE = Path(__file__).parent
 PAGE_SIZE = 50
 TZ_COOKIE = "mailveil_tz"
 MAX_REASON = 1000
+MAILED_LINKS = 3  # the sign-in form mails at most this many links per link lifetime
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
                                "img-src 'self' data:; form-action 'self'; "
@@ -184,6 +185,8 @@ def sign_in_mail(page: PageDep, s: DB, csrf: Csrf = "",
     page.check_csrf(csrf)
     ctx, now = page.ctx, datetime.now(UTC)
     for supplier in store.suppliers_by_email(s, email):
+        if store.links_since(s, supplier.id, now - ctx.link_lifetime) >= MAILED_LINKS:
+            continue  # the form must not become a way to flood someone's mailbox
         url, expires_at = mint_link(s, ctx.base_url, supplier.id, ctx.link_lifetime, now)
         language = i18n.language_of(supplier.locale) or i18n.LANGUAGES[0]
         _mail(s, page, "mail/sign_in.txt", language, supplier.name, supplier.email,
