@@ -85,7 +85,8 @@ class Mailveil(System):
                 "MAILVEIL_HTTP_LISTEN": f"127.0.0.1:{self.http_port}",
                 "MAILVEIL_SMARTHOST": f"127.0.0.1:{self.sink_port}",
                 "MAILVEIL_API_TOKEN": TOKEN,
-                "MAILVEIL_DNS": self._dns_address}
+                "MAILVEIL_DNS": self._dns_address,
+                "MAILVEIL_RATE_SENDER": "1000000/1"}  # the load is not a person
 
     def start(self) -> None:
         self.data_dir.mkdir(parents=True)

@@ -23,6 +23,7 @@ from sqlalchemy import create_engine, text
 
 from tests.conftest import REPO, Mailveil, mailveil_env
 from tests.support.load import (
+    LOAD_ENV,
     Envelope,
     Load,
     delivered,
@@ -83,7 +84,7 @@ class Cluster:
         """Start ``mailveil <role>`` with listen ports of its own; see :meth:`ready`."""
         smtp_port, http_port = free_port(), free_port()
         env = mailveil_env(self.database_url, self.data_dir, smtp_port, http_port, self.token,
-                           self.smarthost) | self.env
+                           self.smarthost) | LOAD_ENV | self.env
         self.ports[name] = {"smtp": smtp_port, "web": http_port}.get(role, 0)
         with (self.data_dir / f"{name}.log").open("ab") as log:
             self.procs[name] = subprocess.Popen([sys.executable, "-m", "mailveil", role],

@@ -28,6 +28,11 @@ from mailveil.store.models import InboundRow, OutboundRow
 from tests.conftest import REPO, Mailveil
 from tests.support.sink import Sink
 
+LOAD_ENV = {"MAILVEIL_RATE_SENDER": "1000000/1"}
+"""Settings of a relay under load: a load writes to each conversation far more often than a
+person may (``MAILVEIL_RATE_SENDER``), and those ``451`` would pass for the event a test is
+about (an outage, a kill)."""
+
 FIGURES = REPO / "bench" / "results" / "ci-figures.jsonl"
 TOKEN = re.compile(rb"^Subject: load ([0-9a-z-]+)\r?$", re.MULTILINE)
 
