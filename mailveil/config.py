@@ -67,7 +67,7 @@ class Settings:
     retry_for: timedelta = timedelta(days=3)
     retry_first: timedelta = timedelta(seconds=60)
     retry_max_interval: timedelta = timedelta(hours=1)
-    contact_form_url: str = "https://example.com/contact"
+    contact_form_url: str | None = None  # None: the portal's own form, per booking
     dkim_selector: str = "mailveil"
     dkim_key_path: Path | None = None
     worker_batch: int = 50

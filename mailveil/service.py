@@ -186,8 +186,9 @@ async def run_worker(rt: Runtime) -> None:
     s = rt.settings
     book = address_book(s)
     voice = Voice(platform_name=s.platform_name, display_name_template=s.display_name_template,
-                  banner=s.banner, grace=s.grace_period, contact_form_url=s.contact_form_url,
-                  banner_style=s.banner_style or BOX_STYLE)
+                  banner=s.banner, grace=s.grace_period, contact_form_url=s.contact_form_url or "",
+                  banner_style=s.banner_style or BOX_STYLE,
+                  contact_link=None if s.contact_form_url else portal_signer(s).contact_url)
     me, dead = await asyncio.to_thread(workers.start, rt.sessions, now())
     _reaped(dead)
     processor = Processor(rt.sessions, Pipeline(book, voice, signer(s), batch=s.worker_batch,
@@ -296,13 +297,20 @@ async def _sleep_until(event: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(event.wait(), seconds)
 
 
+def portal_signer(s: Settings) -> Signer:
+    return Signer(stored_secret(s.portal_secret, s.data_dir / "portal-secret"),
+                  s.portal_session_lifetime, portal_url(s))
+
+
+def portal_url(s: Settings) -> str:
+    return s.portal_url or f"http://{s.http_listen}"
+
+
 def portal_context(rt: Runtime) -> PortalContext:
     s = rt.settings
     return PortalContext(
-        sessions=rt.sessions, book=address_book(s),
-        signer=Signer(stored_secret(s.portal_secret, s.data_dir / "portal-secret"),
-                      s.portal_session_lifetime),
-        base_url=s.portal_url or f"http://{s.http_listen}", link_lifetime=s.portal_link_lifetime,
+        sessions=rt.sessions, book=address_book(s), signer=portal_signer(s),
+        base_url=portal_url(s), link_lifetime=s.portal_link_lifetime,
         grace=s.grace_period, answer_within=timedelta(days=s.cancellation_answer_days),
         platform_name=s.platform_name, sign=signer(s), webhooks=s.webhook_url is not None)
 

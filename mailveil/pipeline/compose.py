@@ -33,6 +33,9 @@ class Voice:
     grace: timedelta
     contact_form_url: str
     banner_style: str = BOX_STYLE
+    # The portal's contact form for (booking reference, the notice's reader), a signed link;
+    # None: contact_form_url, the operator's own page.
+    contact_link: Callable[[str, Role], str] | None = None
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,9 @@ def notice(*, reason: Outcome, cause: UndeliverableCause | None, booking: Bookin
         original_subject=facts.subject, original_message_id=facts.message_id,
         original_headers=header_block(original),  # their own headers
         final_recipient=book.relay_address(sender_role.other, booking.token(sender_role.other)),
-        contact_form_url=voice.contact_form_url, max_attachment_mb=MAX_ATTACHMENT_MB,
+        contact_form_url=(voice.contact_link(booking.reference, sender_role)
+                          if voice.contact_link else voice.contact_form_url),
+        max_attachment_mb=MAX_ATTACHMENT_MB,
         message_id=message_id, date=now, grace_days=voice.grace.days,
     ))
     return raw, message_id

@@ -295,3 +295,15 @@ class WebhookEventRow(Base):
     delivered_at: Mapped[datetime | None]
 
     __table_args__ = (Index("ix_webhook_events_due", "next_attempt_at"),)
+
+
+class ContactTicketRow(Base):
+    """A message left on the contact form a closed conversation's notice links to, for care."""
+
+    __tablename__ = "contact_tickets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    booking_id: Mapped[int] = mapped_column(ForeignKey("bookings.id"), index=True)
+    role: Mapped[str] = mapped_column(String(16))  # who wrote: customer | supplier
+    message: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]

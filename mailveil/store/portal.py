@@ -21,6 +21,7 @@ from mailveil.store.models import (
     ArchiveEntryRow,
     BookingRow,
     CancellationRow,
+    ContactTicketRow,
     InboundRow,
     OutboundRow,
     PortalLinkRow,
@@ -185,3 +186,18 @@ def answer_cancellation(s: Session, token: str, state: CancellationState,
                           updated_at=now))
     return True
 
+
+
+# --- contact form -------------------------------------------------------------------------
+
+
+def booking_by_reference(s: Session, reference: str) -> BookingRow | None:
+    return s.scalar(select(BookingRow).where(BookingRow.reference == reference))
+
+
+def add_ticket(s: Session, *, booking_id: int, role: str, message: str,
+               now: datetime) -> ContactTicketRow:
+    row = ContactTicketRow(booking_id=booking_id, role=role, message=message, created_at=now)
+    s.add(row)
+    s.flush()
+    return row

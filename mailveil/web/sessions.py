@@ -19,7 +19,9 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
-from itsdangerous import BadSignature, URLSafeTimedSerializer
+from itsdangerous import BadSignature, URLSafeSerializer, URLSafeTimedSerializer
+
+from mailveil.domain.addresses import Role
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +49,30 @@ def new_browser_id() -> str:
 
 
 class Signer:
-    def __init__(self, secret: str, lifetime: timedelta) -> None:
+    def __init__(self, secret: str, lifetime: timedelta, base_url: str = "") -> None:
         self._serializer = URLSafeTimedSerializer(secret, salt="mailveil-portal",
                                                   signer_kwargs={"digest_method": hashlib.sha256})
+        self._contact = URLSafeSerializer(secret, salt="mailveil-contact",
+                                          signer_kwargs={"digest_method": hashlib.sha256})
         self._secret = secret.encode()
         self.lifetime = lifetime
+        self._base_url = base_url
+
+    def contact_url(self, reference: str, role: Role) -> str:
+        """The contact form's link in a notice: the booking and its reader, signed, so the
+        form needs no sign-in and cannot be pointed at another booking."""
+        return f"{self._base_url}/portal/contact/{self._contact.dumps([reference, role.value])}"
+
+    def contact_of(self, token: str) -> tuple[str, Role] | None:
+        try:
+            value = self._contact.loads(token)
+        except BadSignature:
+            return None
+        if (not isinstance(value, list) or len(value) != 2
+                or not all(isinstance(v, str) for v in value)
+                or value[1] not in {r.value for r in Role}):
+            return None
+        return value[0], Role(value[1])
 
     def dump(self, visit: Visit) -> str:
         return self._serializer.dumps([visit.browser, visit.supplier_id, visit.language])

@@ -98,7 +98,7 @@ def wait_for_mail(sink: Sink, address: str, count: int = 1,
     return parsed(sink.to(address))
 
 
-LINK = re.compile(r"http://127\.0\.0\.1:\d+/portal/(?:link|cancellation)/[A-Za-z0-9_-]+")
+LINK = re.compile(r"http://127\.0\.0\.1:\d+/portal/(?:link|cancellation|contact)/[A-Za-z0-9_.-]+")
 
 
 def link_in(message: EmailMessage) -> str:

@@ -21,7 +21,7 @@ from mailveil.store import portal as store
 from mailveil.store.db import make_engine, session_factory
 from mailveil.web.webhooks import FIRST_RETRY, MAX_RETRY, backoff, signature
 from tests.conftest import Mailveil
-from tests.support.client import CUSTOMER, register
+from tests.support.client import CUSTOMER, mail, register, send
 from tests.support.portal import csrf, link_in, sign_in, wait_for_mail
 from tests.support.sink import Sink
 
@@ -97,7 +97,9 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest.fixture
 def extra_env(receiver: Receiver) -> dict[str, str]:
-    return {"MAILVEIL_WEBHOOK_URL": receiver.url, "MAILVEIL_WEBHOOK_SECRET": SECRET}
+    # No MAILVEIL_CONTACT_FORM_URL: notices link to the portal's own contact form.
+    return {"MAILVEIL_WEBHOOK_URL": receiver.url, "MAILVEIL_WEBHOOK_SECRET": SECRET,
+            "MAILVEIL_CONTACT_FORM_URL": ""}
 
 
 def test_every_step_of_a_cancellation_reaches_the_marketplace_signed(
@@ -135,3 +137,29 @@ def test_every_step_of_a_cancellation_reaches_the_marketplace_signed(
     [requested] = [e for e in events if e["type"] == "cancellation.requested"]
     assert requested["data"]["reason"] == "Sick"
     assert len({e["id"] for e in events}) == 3
+
+
+def test_a_closed_conversations_notice_links_to_a_contact_form_that_files_a_ticket(
+        mailveil: Mailveil, sink: Sink, receiver: Receiver) -> None:
+    b = register(mailveil, days_from_now=-30)  # its conversation closed weeks ago
+    send(mailveil, mail(CUSTOMER, b["supplier_relay_address"], "Lost my hat", "Hi\n"),
+         CUSTOMER, [b["supplier_relay_address"]])
+    [notice] = wait_for_mail(sink, CUSTOMER)
+    url = link_in(notice)
+    assert "/portal/contact/" in url
+    with httpx.Client(timeout=10) as customer:
+        form = customer.get(url)
+        assert form.status_code == 200 and "GYG-1001" in form.text
+        token = csrf(form.text)
+        assert customer.post(url, data={"csrf": token, "message": " "}).status_code == 422
+        assert customer.post(url, data={"message": "My hat"}).status_code == 403
+        assert customer.get(url[:-3] + "abc").status_code == 404  # a forged link
+        done = customer.post(url, data={"csrf": token, "message": "I left my hat on the bus"})
+        assert done.status_code == 200 and 'role="status"' in done.text
+    [(headers, body)] = receiver.wait_for(1)
+    assert verify(SECRET, headers["Mailveil-Signature"], body, time.time())
+    event = json.loads(body)
+    assert event["type"] == "contact.ticket"
+    assert event["data"]["booking_reference"] == "GYG-1001"
+    assert (event["data"]["from"], event["data"]["message"]) == (
+        "customer", "I left my hat on the bus")

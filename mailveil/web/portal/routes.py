@@ -34,6 +34,7 @@ HERE = Path(__file__).parent
 PAGE_SIZE = 50
 TZ_COOKIE = "mailveil_tz"
 MAX_REASON = 1000
+MAX_MESSAGE = 5000
 MAILED_LINKS = 3  # the sign-in form mails at most this many links per link lifetime
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
@@ -382,6 +383,46 @@ def cancellation_answer(token: str, page: PageDep, s: DB, csrf: Csrf = "",
     if store.answer_cancellation(s, token, state, now):
         _event(page, s, f"cancellation.{state.value}", *found, now)
     return page.redirect(f"/portal/cancellation/{token}")
+
+
+@router.get("/contact/{token}")
+def contact_form(token: str, page: PageDep, s: DB) -> Response:
+    """The form a closed conversation's notice links to: the link names the booking."""
+    row, _role = _contact(page, s, token)
+    return page.render("contact.html", reference=row.reference, max_message=MAX_MESSAGE)
+
+
+@router.post("/contact/{token}")
+def contact_send(token: str, page: PageDep, s: DB, csrf: Csrf = "",
+                 message: Annotated[str, Form()] = "") -> Response:
+    page.check_csrf(csrf)
+    row, role = _contact(page, s, token)
+    message = message.strip()
+    if not message or len(message) > MAX_MESSAGE:
+        return page.render("contact.html", status=422, reference=row.reference, error=True,
+                           message=message, max_message=MAX_MESSAGE)
+    now = datetime.now(UTC)
+    ticket = store.add_ticket(s, booking_id=row.id, role=role.value, message=message, now=now)
+    if page.ctx.webhooks:
+        webhooks.emit(s, "contact.ticket", {
+            "ticket_id": ticket.id, "booking_reference": row.reference,
+            "supplier_id": row.supplier_id, "from": role.value, "message": message}, now)
+    return page.render("contact.html", reference=row.reference, sent=True)
+
+
+def _contact(page: Page, s: Session, token: str) -> tuple[BookingRow, Role]:
+    found = page.ctx.signer.contact_of(token)
+    row = store.booking_by_reference(s, found[0]) if found is not None else None
+    if found is None or row is None:
+        raise HTTPException(404, "contact")
+    page.account_locale = (row.customer_locale if found[1] is Role.CUSTOMER
+                           else _supplier_locale(s, row))
+    return row, found[1]
+
+
+def _supplier_locale(s: Session, row: BookingRow) -> str | None:
+    supplier = repo.get_supplier(s, row.supplier_id)
+    return supplier.locale if supplier is not None else None
 
 
 def _event(page: Page, s: Session, event: str, request: CancellationRow, row: BookingRow,
