@@ -255,6 +255,20 @@ def test_the_language_switcher_and_the_time_zone(mailveil: Mailveil) -> None:
         assert r.headers["location"] == "/portal/"  # never an open redirect
 
 
+@pytest.mark.parametrize(("language", "heading"), [
+    ("en", "Booking GYG-1001"), ("fr", "R\u00e9servation GYG-1001"), ("th", "การจอง GYG-1001")])
+def test_every_page_renders_in_each_language(mailveil: Mailveil, language: str,
+                                             heading: str) -> None:
+    register(mailveil)
+    with sign_in(mailveil) as client:
+        speak(client, language)
+        for path in ("/portal/sign-in", "/portal/bookings", "/portal/bookings/GYG-1001",
+                     "/portal/bookings/NOPE"):
+            page = client.get(path)
+            assert page.status_code in (200, 404) and f'<html lang="{language}"' in page.text
+        assert f"<h1>{heading}</h1>" in client.get("/portal/bookings/GYG-1001").text
+
+
 def test_a_cancellation_is_asked_and_only_a_confirmation_cancels(mailveil: Mailveil,
                                                                  sink: Sink) -> None:
     register(mailveil, locale="th")
