@@ -14,7 +14,7 @@ import pytest
 from mailveil.store import portal as store
 from mailveil.store.db import make_engine, session_factory
 from tests.conftest import Mailveil
-from tests.support.client import CUSTOMER, SUPPLIER, register
+from tests.support.client import CUSTOMER, SUPPLIER, mail, register, send
 from tests.support.portal import (
     ATTACHMENT,
     base,
@@ -170,6 +170,19 @@ def test_a_booking_shows_the_thread_as_the_other_side_saw_it(mailveil: Mailveil,
         assert download.content == ATTACHMENT
         assert download.headers["content-type"] == "application/octet-stream"
         assert download.headers["content-disposition"].startswith("attachment;")
+
+
+def test_a_refused_message_of_the_customer_shows_nothing_of_it(mailveil: Mailveil,
+                                                                 sink: Sink) -> None:
+    b = register(mailveil, days_from_now=-30)  # closed: the customer's mail is refused
+    send(mailveil, mail(CUSTOMER, b["supplier_relay_address"], f"From {CUSTOMER}",
+                        f"Write to me at {CUSTOMER}\n"), CUSTOMER, [b["supplier_relay_address"]])
+    wait_for_mail(sink, CUSTOMER)  # the customer's notice: the message is decided
+    with sign_in(mailveil) as client:
+        speak(client, "en")
+        html = client.get("/portal/bookings/GYG-1001").text
+    assert "the conversation was closed" in html and "did not reach you" in html
+    assert CUSTOMER not in html
 
 
 PAGES = ["/portal/bookings", "/portal/bookings/GYG-1001",

@@ -16,6 +16,7 @@ from mailveil.web.portal.views import (
     readable,
     request_state,
     status,
+    visible,
 )
 
 NOW = datetime(2027, 6, 1, 12, tzinfo=UTC)
@@ -100,3 +101,10 @@ def test_request_state() -> None:
 def test_who_may_ask_to_cancel(is_open: bool, cancelled: bool, latest: Request,
                                allowed: bool) -> None:
     assert may_request_cancellation(is_open, cancelled, latest) is allowed
+
+
+def test_the_customers_undelivered_original_is_never_shown() -> None:
+    assert visible(False, b"copy", b"original") == b"copy"
+    assert visible(True, b"copy", b"original") == b"copy"  # what the customer received
+    assert visible(True, None, b"original") == b"original"  # the supplier's own, refused
+    assert visible(False, None, b"original") is None  # not cleaned of the real address

@@ -287,15 +287,16 @@ def _booking_values(s: Session, page: Page, row: BookingRow) -> dict[str, Any]:
                                         latest.answer_by if latest else None, now)
     messages = []
     for item in store.thread(s, row.id):
-        shown = item.copy.raw if item.copy is not None else item.inbound.raw
+        mine = item.entry.sender_role == Role.SUPPLIER
+        shown = _visible(item, mine)
         purged = (item.copy.purged_at if item.copy is not None else None) or item.inbound.purged_at
         messages.append({
-            "id": item.entry.id, "mine": item.entry.sender_role == Role.SUPPLIER,
-            "at": page.when(item.inbound.received_at), "subject": item.entry.subject,
+            "id": item.entry.id, "mine": mine, "at": page.when(item.inbound.received_at),
+            "subject": item.entry.subject if shown is not None else "",
             "status": views.status(item.entry.outcome,
                                    item.copy.state if item.copy else None).value,
-            "outcome": item.entry.outcome,
-            "content": None if purged or not shown else views.readable(shown)})
+            "outcome": item.entry.outcome, "withheld": shown is None,
+            "content": views.readable(shown) if shown and not purged else None})
     return {
         "row": row, "booking": booking, "open": booking_open,
         "until": page.when(open_until(booking, page.ctx.grace)),
@@ -318,7 +319,7 @@ def attachment(reference: str, entry_id: int, index: int, page: PageDep, s: DB) 
     for item in store.thread(s, row.id):
         if item.entry.id != entry_id:
             continue
-        raw = item.copy.raw if item.copy is not None else item.inbound.raw
+        raw = _visible(item, item.entry.sender_role == Role.SUPPLIER)
         found = views.attachment_bytes(raw, index) if raw else None
         if found is None:
             break
@@ -328,6 +329,11 @@ def attachment(reference: str, entry_id: int, index: int, page: PageDep, s: DB) 
             "Content-Disposition": f"attachment; filename*=UTF-8''{quote(filename)}",
             **SECURITY_HEADERS}))
     raise HTTPException(404, "attachment")
+
+
+def _visible(item: store.ThreadEntry, mine: bool) -> bytes | None:
+    return views.visible(mine, item.copy.raw if item.copy is not None else None,
+                         item.inbound.raw)
 
 
 @router.post("/bookings/{reference}/cancellation")

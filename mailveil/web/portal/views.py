@@ -68,6 +68,15 @@ class Readable:
     attachments: list[Attachment]
 
 
+def visible(mine: bool, copy: bytes | None, original: bytes) -> bytes | None:
+    """What the supplier may read of a message: the copy the other side received, or their
+    own original when none went out; never the customer's undelivered original, which the
+    relay did not clean of the customer's real address."""
+    if copy is not None:
+        return copy
+    return original if mine else None
+
+
 def parse(raw: bytes) -> EmailMessage:
     message = BytesParser(policy=policy.default).parsebytes(raw)
     assert isinstance(message, EmailMessage)
