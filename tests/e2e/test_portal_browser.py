@@ -7,7 +7,9 @@ databases is covered over HTTP in tests/web/test_portal.py, so they run on SQLit
 
 from __future__ import annotations
 
+import json
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,16 +21,29 @@ from tests.conftest import Mailveil
 from tests.support.client import CUSTOMER
 from tests.support.portal import conversation, link_in, mint, wait_for_mail
 from tests.support.sink import Sink
+from tests.support.webhooks import Receiver, receiving, verify
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 BANGKOK = "Asia/Bangkok"
+WEBHOOK_SECRET = "browser-test-webhooks-" + "s" * 32
 
 
 @pytest.fixture
 def database_url(tmp_path: Path) -> Iterator[str]:
     yield f"sqlite:///{tmp_path / 'mailveil.sqlite3'}"
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with receiving() as r:
+        yield r
+
+
+@pytest.fixture
+def extra_env(receiver: Receiver) -> dict[str, str]:
+    return {"MAILVEIL_WEBHOOK_URL": receiver.url, "MAILVEIL_WEBHOOK_SECRET": WEBHOOK_SECRET}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +64,8 @@ def _page(browser: Browser, mv: Mailveil, **options: object) -> Page:
 
 
 def test_sign_in_find_copy_switch_to_thai_and_ask_to_cancel(
-        mailveil: Mailveil, sink: Sink, browser: Browser, tmp_path: Path) -> None:
+        mailveil: Mailveil, sink: Sink, browser: Browser, tmp_path: Path,
+        receiver: Receiver) -> None:
     b = conversation(mailveil, locale="th")
     page = _page(browser, mailveil, permissions=["clipboard-read", "clipboard-write"])
     page.goto(mint(mailveil)["url"])
@@ -94,6 +110,12 @@ def test_sign_in_find_copy_switch_to_thai_and_ask_to_cancel(
     expect(customer.get_by_role("status")).to_have_text("การจองของคุณถูกยกเลิกแล้ว")
     booking = httpx.get(f"{mailveil.api}/bookings/GYG-1001", headers=mailveil.headers).json()
     assert booking["status"] == "cancelled"
+    # The marketplace heard of both steps, signed.
+    events = receiver.wait_for(2)
+    assert all(verify(WEBHOOK_SECRET, h["Mailveil-Signature"], body, time.time())
+               for h, body in events)
+    assert sorted(json.loads(body)["type"] for _, body in events) == [
+        "cancellation.confirmed", "cancellation.requested"]
 
 
 def _tab_to(page: Page, selector: str, limit: int = 40) -> None:

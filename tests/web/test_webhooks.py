@@ -3,16 +3,11 @@ cancellation told, against ``mailveil serve`` and a real HTTP receiver on loopba
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import secrets
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import httpx
 import pytest
@@ -24,17 +19,9 @@ from tests.conftest import Mailveil
 from tests.support.client import CUSTOMER, mail, register, send
 from tests.support.portal import csrf, link_in, sign_in, wait_for_mail
 from tests.support.sink import Sink
+from tests.support.webhooks import Receiver, receiving, verify
 
 SECRET = "webhook-secret-" + "x" * 32
-
-
-def verify(secret: str, header: str, body: bytes, now: float, tolerance: float = 300) -> bool:
-    """The receiver's check, as README shows it."""
-    fields = dict(part.split("=", 1) for part in header.split(","))
-    timestamp = int(fields["t"])
-    expected = hmac.new(secret.encode(), f"{timestamp}.".encode() + body,
-                        hashlib.sha256).hexdigest()
-    return abs(now - timestamp) <= tolerance and hmac.compare_digest(expected, fields["v1"])
 
 
 def test_signature_and_backoff() -> None:
@@ -47,52 +34,10 @@ def test_signature_and_backoff() -> None:
     assert backoff(50) == MAX_RETRY
 
 
-class Receiver:
-    """The marketplace's endpoint: refuses the first request, keeps the rest."""
-
-    def __init__(self) -> None:
-        self.got: list[tuple[dict[str, str], bytes]] = []
-        self.refused = 0
-        self._cond = threading.Condition()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                with outer._cond:
-                    if outer.refused == 0:
-                        outer.refused += 1
-                        self.send_response(500)
-                    else:
-                        outer.got.append((dict(self.headers), body))
-                        outer._cond.notify_all()
-                        self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
-
-    def wait_for(self, count: int, timeout: float = 60) -> list[tuple[dict[str, str], bytes]]:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while len(self.got) < count:
-                left = deadline - time.monotonic()
-                assert left > 0, f"{len(self.got)} of {count} events"
-                self._cond.wait(left)
-            return list(self.got)
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    thread = threading.Thread(target=r.server.serve_forever, daemon=True)
-    thread.start()
-    yield r
-    r.server.shutdown()
-    r.server.server_close()
+    with receiving(refuse=1) as r:
+        yield r
 
 
 @pytest.fixture
