@@ -64,13 +64,13 @@ class PortalContext:
         return self.base_url.startswith("https://")
 
 
-def mint_link(s: Session, ctx_base_url: str, supplier_id: str, lifetime: timedelta,
+def mint_link(s: Session, base_url: str, supplier_id: str, lifetime: timedelta,
               now: datetime) -> tuple[str, datetime]:
     """A one-time sign-in link for a supplier, and when it expires."""
     token = secrets.token_urlsafe(32)
     expires_at = now + lifetime
     store.add_link(s, supplier_id=supplier_id, token=token, now=now, expires_at=expires_at)
-    return f"{ctx_base_url}/portal/link/{token}", expires_at
+    return f"{base_url}/portal/link/{token}", expires_at
 
 
 _env = Environment(loader=FileSystemLoader(HERE / "templates"),
@@ -135,7 +135,7 @@ class Page:
 
 
 class SignInNeeded(Exception):
-    pass
+    """No valid session: every page but the public ones answers with the sign-in page."""
 
 
 def _page(request: Request) -> Page:
