@@ -162,8 +162,10 @@ class RelayHandler:
             DEFERRED.labels(reason="scanner").inc()
             return replies.S451_SCANNER_DOWN
         try:
-            inbound_id = await self._commit(Accepted(sender, tuple(envelope.rcpt_tos), raw,
-                                                     scan, sender_check, negotiated(session.ssl)))
+            client = client_of(session, envelope)
+            inbound_id = await self._commit(Accepted(
+                sender, tuple(envelope.rcpt_tos), raw, scan, sender_check,
+                negotiated(session.ssl), client.address, client.helo or None))
         except Exception:
             log.exception("could not store message")
             DEFERRED.labels(reason="store").inc()

@@ -102,6 +102,10 @@ class InboundRow(Base):
     scan: Mapped[str] = mapped_column(String(64), default="not scanned")
     sender_check: Mapped[str] = mapped_column(String(16), server_default="not checked")
     tls_version: Mapped[str | None] = mapped_column(String(16))  # None: received in clear
+    # The client Postfix (or whoever connected) received it from; personal data, removed
+    # with the raw bytes. The HELO name is the client's to choose, hence unbounded text.
+    client_address: Mapped[str | None] = mapped_column(String(64))
+    client_helo: Mapped[str | None] = mapped_column(Text)
     purged_at: Mapped[datetime | None]  # raw bytes removed by retention; metadata kept
 
     __table_args__ = (
@@ -307,3 +311,39 @@ class ContactTicketRow(Base):
     role: Mapped[str] = mapped_column(String(16))  # who wrote: customer | supplier
     message: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime]
+
+
+class CareAgentRow(Base):
+    """A care agent of the console; removing one keeps the row, for the audit log."""
+
+    __tablename__ = "care_agents"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    created_at: Mapped[datetime]
+    removed_at: Mapped[datetime | None]
+
+
+class CareLinkRow(Base):
+    """A one-time sign-in link of an agent, stored as its SHA-256 like the portal's."""
+
+    __tablename__ = "care_links"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    agent_id: Mapped[int] = mapped_column(ForeignKey("care_agents.id"), index=True)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+
+
+class CareAuditRow(Base):
+    """What an agent did, append-only: the database refuses UPDATE and DELETE (0012)."""
+
+    __tablename__ = "care_audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime]
+    agent_id: Mapped[int | None] = mapped_column(ForeignKey("care_agents.id"), index=True)
+    action: Mapped[str] = mapped_column(String(32))
+    subject: Mapped[str] = mapped_column(Text)

@@ -184,6 +184,8 @@ class NewInbound:
     scan: str  # "clean", "not scanned" or "infected: <names>"
     sender_check: SenderCheck = SenderCheck.NOT_CHECKED
     tls_version: str | None = None  # of the session it came in; None: in clear
+    client_address: str | None = None  # what a trusted peer forwarded, else the TCP peer
+    client_helo: str | None = None  # the same client's HELO name; None: it gave none
 
 
 _INSERT_INBOUND = insert(InboundRow).returning(InboundRow.id, sort_by_parameter_order=True)
@@ -201,7 +203,8 @@ def store_inbounds(s: Session, messages: Sequence[NewInbound], now: datetime) ->
     ids = list(db.scalars(_INSERT_INBOUND, [
         {"received_at": now, "mail_from": m.mail_from, "rcpt_to": list(m.rcpt_to), "raw": raw,
          "sha256": sha256_of(raw), "size": len(m.raw), "state": InboundState.RECEIVED,
-         "scan": m.scan, "sender_check": m.sender_check, "tls_version": m.tls_version}
+         "scan": m.scan, "sender_check": m.sender_check, "tls_version": m.tls_version,
+         "client_address": m.client_address, "client_helo": m.client_helo}
         for m, raw in zip(messages, kept, strict=True)]))
     infected = [{"inbound_id": inbound_id, "raw": m.raw, "sha256": sha256_of(m.raw),
                  "findings": m.scan, "created_at": now}

@@ -1,7 +1,9 @@
 """Personal data is not kept forever: raw messages go first, metadata later.
 
 Bodies (the raw bytes of what came in and went out, and quarantined files) are removed
-after ``body_days``; the archive entries, digests, sizes and delivery attempts that let care
+after ``body_days``, and with them the address and HELO name of the client a message came
+from: the body's own ``Received`` headers held them too, and abuse they help trace is
+looked into within days; the archive entries, digests, sizes and delivery attempts that let care
 settle a dispute stay until ``metadata_days``, then the whole record goes. Messages still
 waiting in the outbox are never touched.
 """
@@ -41,13 +43,14 @@ class Purged:
 def purge(s: Session, policy: Retention, now: datetime) -> Purged:
     body_cut, meta_cut = now - policy.body, now - policy.metadata
     bodies = 0
-    for table, stamp, finished in (
-        (InboundRow, InboundRow.received_at, InboundRow.state != InboundState.RECEIVED),
-        (OutboundRow, OutboundRow.created_at, OutboundRow.state.not_in(OUTBOX_AT_WORK)),
+    for table, stamp, finished, personal in (
+        (InboundRow, InboundRow.received_at, InboundRow.state != InboundState.RECEIVED,
+         {"client_address": None, "client_helo": None}),
+        (OutboundRow, OutboundRow.created_at, OutboundRow.state.not_in(OUTBOX_AT_WORK), {}),
     ):
         result: CursorResult[object] = s.execute(  # type: ignore[assignment]
             update(table).where(stamp < body_cut, finished, table.purged_at.is_(None))
-            .values(raw=b"", purged_at=now))
+            .values(raw=b"", purged_at=now, **personal))
         bodies += result.rowcount
     s.execute(delete(QuarantineRow).where(QuarantineRow.created_at < body_cut))
 

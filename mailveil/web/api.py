@@ -196,6 +196,7 @@ def get_archive(reference: str, s: DB) -> list[ArchiveEntryOut]:
             subject=e.subject, outcome=e.outcome, detail=e.detail, size=inbound.size,
             sha256=inbound.sha256, scan=inbound.scan, sender_check=inbound.sender_check,
             encrypted=inbound.tls_version is not None, tls_version=inbound.tls_version,
+            client_address=inbound.client_address, client_helo=inbound.client_helo,
             outbound=[_outbound_out(s, o) for o in copies],
         ))
     return out

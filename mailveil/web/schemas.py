@@ -121,6 +121,10 @@ class ArchiveEntryOut(BaseModel):
     sender_check: str  # "verified" | "unverified" (the recipient was warned) | "not checked"
     encrypted: bool  # received over TLS (STARTTLS)
     tls_version: str | None
+    # The client the message came from (as Postfix saw it, when Postfix forwarded it);
+    # None once retention removed it with the body, or for messages older than the record.
+    client_address: str | None
+    client_helo: str | None
     outbound: list[OutboundOut]
 
 

@@ -70,3 +70,18 @@ def test_verify_reports_tampered_rows(sessions: sessionmaker[Session]) -> None:
                   .values(raw=b"Subject: forged\r\n\r\n"))
     with sessions() as s:
         assert list(verify(s)) == [Mismatch("inbound_messages", inbound_id)]
+
+
+def test_the_client_address_goes_with_the_body(sessions: sessionmaker[Session]) -> None:
+    """A client's IP address is personal data kept only as long as the body it came with."""
+    with sessions() as s, s.begin():
+        recent, old = (repo.store_inbounds(s, [repo.NewInbound(
+            "a@example.org", ["r@x"], b"Subject: s\r\n\r\nbody\r\n", "clean",
+            client_address="192.0.2.7", client_helo="mx.example.org")], when)[0]
+            for when in (NOW - 10 * DAY, NOW - 40 * DAY))
+        s.execute(update(InboundRow).values(state=InboundState.PROCESSED))
+    with sessions() as s, s.begin():
+        purge(s, POLICY, NOW)
+    with sessions() as s:
+        clients = {r.id: (r.client_address, r.client_helo) for r in s.scalars(select(InboundRow))}
+    assert clients == {recent: ("192.0.2.7", "mx.example.org"), old: (None, None)}
