@@ -1,0 +1,190 @@
+"""Queries of the care console: agents, their one-time links, the audit log, search, and a
+booking's whole record. Like :mod:`mailveil.store.repository`, nothing here commits.
+
+The audit log has an append function and a read function and nothing else; the database
+refuses UPDATE and DELETE on it besides (migration 0013).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from mailveil.domain.addresses import AddressBook, Kind, Role
+from mailveil.store.models import (
+    ArchiveEntryRow,
+    AttemptRow,
+    BookingRow,
+    CareAgentRow,
+    CareAuditRow,
+    CareLinkRow,
+    InboundRow,
+    MessageIdRow,
+    OutboundRow,
+    SupplierRow,
+)
+from mailveil.store.portal import token_hash
+
+# --- agents -------------------------------------------------------------------------------
+
+
+def add_agent(s: Session, email: str, now: datetime) -> CareAgentRow:
+    """The agent with this address, added (or added back) now."""
+    email = email.strip().lower()
+    row = s.scalar(select(CareAgentRow).where(CareAgentRow.email == email))
+    if row is None:
+        row = CareAgentRow(email=email, created_at=now)
+        s.add(row)
+    row.removed_at = None
+    s.flush()
+    return row
+
+
+def agents(s: Session) -> list[CareAgentRow]:
+    return list(s.scalars(select(CareAgentRow).where(CareAgentRow.removed_at.is_(None))
+                          .order_by(CareAgentRow.email)))
+
+
+def remove_agent(s: Session, email: str, now: datetime) -> bool:
+    removed = s.execute(update(CareAgentRow)
+                        .where(CareAgentRow.email == email.strip().lower(),
+                               CareAgentRow.removed_at.is_(None))
+                        .values(removed_at=now))
+    return bool(removed.rowcount)  # type: ignore[attr-defined]
+
+
+def active_agent(s: Session, agent_id: int) -> CareAgentRow | None:
+    return s.scalar(select(CareAgentRow).where(CareAgentRow.id == agent_id,
+                                               CareAgentRow.removed_at.is_(None)))
+
+
+def add_link(s: Session, *, agent_id: int, token: str, now: datetime,
+             expires_at: datetime) -> None:
+    s.add(CareLinkRow(token_hash=token_hash(token), agent_id=agent_id, created_at=now,
+                      expires_at=expires_at))
+    s.flush()
+
+
+def _usable(token: str, now: datetime) -> ColumnElement[bool]:
+    return and_(CareLinkRow.token_hash == token_hash(token), CareLinkRow.used_at.is_(None),
+                CareLinkRow.expires_at > now)
+
+
+def link_usable(s: Session, token: str, now: datetime) -> bool:
+    return s.scalar(select(CareLinkRow.id).where(_usable(token, now))) is not None
+
+
+def use_link(s: Session, token: str, now: datetime) -> CareAgentRow | None:
+    """The agent a link signs in, once; ``None`` when unknown, used, expired or removed."""
+    used = s.execute(update(CareLinkRow).where(_usable(token, now)).values(used_at=now))
+    if used.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    agent_id = s.scalar(select(CareLinkRow.agent_id)
+                        .where(CareLinkRow.token_hash == token_hash(token)))
+    return None if agent_id is None else active_agent(s, agent_id)
+
+
+# --- audit log ----------------------------------------------------------------------------
+
+
+def audit(s: Session, agent_id: int | None, action: str, subject: str, now: datetime) -> None:
+    s.add(CareAuditRow(at=now, agent_id=agent_id, action=action, subject=subject))
+    s.flush()
+
+
+@dataclass(frozen=True)
+class AuditLine:
+    at: datetime
+    agent: str
+    action: str
+    subject: str
+
+
+def audit_log(s: Session, limit: int = 200) -> list[AuditLine]:
+    rows = s.execute(select(CareAuditRow, CareAgentRow.email)
+                     .outerjoin(CareAgentRow, CareAgentRow.id == CareAuditRow.agent_id)
+                     .order_by(CareAuditRow.id.desc()).limit(limit)).tuples().all()
+    return [AuditLine(r.at, email or "(operator)", r.action, r.subject) for r, email in rows]
+
+
+# --- search -------------------------------------------------------------------------------
+
+
+def search(s: Session, book: AddressBook, query: str, limit: int = 50) -> list[BookingRow]:
+    """Bookings by reference, relay address, real address (customer's or supplier's) or
+    Message-ID (as the sender wrote it, or as the relay gave it to the copy)."""
+    q = query.strip()
+    if not q:
+        return []
+    parsed = book.parse(q)
+    if parsed is not None and parsed.kind is Kind.PARTY:
+        column = (BookingRow.customer_token if parsed.role is Role.CUSTOMER
+                  else BookingRow.supplier_token)
+        return list(s.scalars(select(BookingRow).where(column == parsed.token)))
+    lowered = q.lower().strip("<>")
+    by_message_id = (
+        select(MessageIdRow.booking_id)
+        .where(or_(func.lower(MessageIdRow.original_id) == f"<{lowered}>",
+                   func.lower(MessageIdRow.relayed_id) == f"<{lowered}>"))
+        .union(select(OutboundRow.booking_id)
+               .where(func.lower(OutboundRow.message_id) == f"<{lowered}>")))
+    suppliers = select(SupplierRow.id).where(func.lower(SupplierRow.email) == lowered)
+    return list(s.scalars(
+        select(BookingRow)
+        .where(or_(BookingRow.reference == q, func.lower(BookingRow.customer_email) == lowered,
+                   BookingRow.supplier_id.in_(suppliers), BookingRow.id.in_(by_message_id)))
+        .order_by(BookingRow.activity_start.desc()).limit(limit)))
+
+
+def booking(s: Session, reference: str) -> BookingRow | None:
+    return s.scalar(select(BookingRow).where(BookingRow.reference == reference))
+
+
+# --- a booking's record -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Copy:
+    row: OutboundRow
+    attempts: list[AttemptRow]
+
+
+@dataclass(frozen=True)
+class Message:
+    entry: ArchiveEntryRow
+    inbound: InboundRow
+    copies: list[Copy]  # what left for this booking because of it: relayed copies, notices
+
+
+def record(s: Session, booking_id: int) -> list[Message]:
+    """Every message of the booking, oldest first, with every copy and delivery attempt."""
+    pairs = s.execute(select(ArchiveEntryRow, InboundRow)
+                      .join(InboundRow, InboundRow.id == ArchiveEntryRow.inbound_id)
+                      .where(ArchiveEntryRow.booking_id == booking_id)
+                      .order_by(ArchiveEntryRow.id)).tuples().all()
+    outbound = s.scalars(select(OutboundRow).where(OutboundRow.booking_id == booking_id)
+                         .order_by(OutboundRow.id)).all()
+    attempts = s.scalars(select(AttemptRow)
+                         .where(AttemptRow.outbound_id.in_([o.id for o in outbound]))
+                         .order_by(AttemptRow.id)).all()
+    by_outbound: dict[int, list[AttemptRow]] = {}
+    for a in attempts:
+        by_outbound.setdefault(a.outbound_id, []).append(a)
+    return [Message(e, i, [Copy(o, by_outbound.get(o.id, [])) for o in outbound
+                           if o.inbound_id == i.id])
+            for e, i in pairs]
+
+
+def inbound_of(s: Session, booking_id: int, inbound_id: int) -> InboundRow | None:
+    """A message received for this booking; one of another booking is as unknown."""
+    return s.scalar(select(InboundRow).join(ArchiveEntryRow,
+                                            ArchiveEntryRow.inbound_id == InboundRow.id)
+                    .where(InboundRow.id == inbound_id, ArchiveEntryRow.booking_id == booking_id))
+
+
+def outbound_of(s: Session, booking_id: int, outbound_id: int) -> OutboundRow | None:
+    return s.scalar(select(OutboundRow).where(OutboundRow.id == outbound_id,
+                                              OutboundRow.booking_id == booking_id))
