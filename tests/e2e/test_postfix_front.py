@@ -19,13 +19,14 @@ from mailveil.smtp import replies
 from tests.conftest import RELAY_DOMAIN, Mailveil
 from tests.e2e.test_refusals import parse_dsn
 from tests.support import dns as test_dns_server
-from tests.support.client import CUSTOMER, SUPPLIER, mail, register
+from tests.support.client import CUSTOMER, SUPPLIER, archive, mail, register
 from tests.support.dns import DKIM_SELECTOR, SPOOFED_DOMAIN, dkim_key
 from tests.support.net import free_port
 from tests.support.postfix import POSTFIX, Postfix, deploy_config, running_postfix
 from tests.support.sink import Sink
 
 CLIENT = "127.0.0.2"  # the sender's server, as Postfix sees it (and forwards it to mailveil)
+CLIENT_HELO = "mx.customer.example"
 AUTHSERV_ID = "mx.reply.example.com"  # deploy/postfix's checkers
 
 
@@ -78,7 +79,7 @@ def dkim_valid(raw: bytes) -> bool:
 
 def send_to_mx(postfix: Postfix, sender: str, rcpts: list[str], data: bytes) -> dict[
         str, tuple[int, bytes]]:
-    with smtplib.SMTP("127.0.0.1", postfix.port, timeout=30,
+    with smtplib.SMTP("127.0.0.1", postfix.port, timeout=30, local_hostname=CLIENT_HELO,
                       source_address=(CLIENT, 0)) as smtp:
         return smtp.sendmail(sender, rcpts, data)
 
@@ -101,6 +102,9 @@ def test_a_message_goes_through_postfix_mailveil_and_postfix_signed(
                      rf"ADDR={re.escape(CLIENT)}\b", log)
     assert re.search(rf"< 127\.0\.0\.1\[127\.0\.0\.1\]:{mailveil.smtp_port}: 250 2\.0\.0 Ok",
                      log)
+    # The archive names that client, not Postfix (127.0.0.1, which said "postfix-test...").
+    [entry] = archive(mailveil, "GYG-MX", 1)
+    assert (entry["client_address"], entry["client_helo"]) == (CLIENT, CLIENT_HELO)
 
 
 def test_unknown_and_unauthorised_addresses_are_refused_at_postfixs_rcpt(

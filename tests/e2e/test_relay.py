@@ -165,3 +165,19 @@ def test_spoofed_sender_is_refused_at_data(mailveil: Mailveil, sink: Sink) -> No
     assert (code, text[:2]) == (550, b"5.")
     assert archive(mailveil, "GYG-6006", 0) == []
     assert sink.messages == []
+
+
+def test_the_archive_names_the_client_that_connected(mailveil: Mailveil, sink: Sink) -> None:
+    """With no trusted peer, the client is the TCP peer and its HELO name, whatever an
+    XFORWARD it tries says (to it, an unknown command)."""
+    relay = register(mailveil)["supplier_relay_address"]
+    msg = mail(CUSTOMER, relay, "From a second address", "Hello\n")
+    with smtplib.SMTP("127.0.0.1", mailveil.smtp_port, timeout=30,
+                      local_hostname="mx.customer-mail.example",
+                      source_address=("127.0.0.2", 0)) as smtp:
+        assert smtp.docmd("XFORWARD", "ADDR=192.0.2.7 HELO=forged.example")[0] == 500
+        smtp.send_message(msg, from_addr=CUSTOMER, to_addrs=[relay])
+    sink.wait_for(1)
+    [entry] = archive(mailveil, "GYG-1001", 1)
+    assert (entry["client_address"], entry["client_helo"]) == ("127.0.0.2",
+                                                              "mx.customer-mail.example")
