@@ -119,7 +119,8 @@ def client_of(session: Session, envelope: Envelope) -> Client:
     peer = str(session.peer[0]) if isinstance(session.peer, tuple) else str(session.peer)
     helo = session.host_name or ""
     if isinstance(envelope, RelayEnvelope) and envelope.client_address is not None:
-        return Client(envelope.client_address, envelope.client_helo or helo, True)
+        # Postfix forwards no HELO when its client sent none: then there is none, not ours.
+        return Client(envelope.client_address, envelope.client_helo or "", True)
     return Client(peer, helo, False)
 
 

@@ -1,11 +1,18 @@
 import string
 
 import pytest
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, Session
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailveil.smtp.protocol import ConnectionLimit, RelaySMTP, parse_xforward
+from mailveil.smtp.protocol import (
+    Client,
+    ConnectionLimit,
+    RelayEnvelope,
+    RelaySMTP,
+    client_of,
+    parse_xforward,
+)
 
 ATOM = st.text(alphabet=string.ascii_letters + string.digits + "!#$%&'*+/=?^_`{|}~-.\"@",
                min_size=1, max_size=12)
@@ -60,3 +67,15 @@ def test_xforward_as_postfix_sends_it() -> None:
                                  "HELO=a+0Db"])
 def test_xforward_that_cannot_be_read_is_a_syntax_error(arg: str) -> None:
     assert parse_xforward(arg) is None
+
+
+def test_the_client_is_the_forwarded_one_with_its_own_helo_or_none() -> None:
+    """A client that never said HELO to Postfix has no HELO: Postfix's own name is not its."""
+    session = Session(loop=None)  # type: ignore[arg-type]
+    session.peer, session.host_name = ("127.0.0.1", 40000), "postfix.relay.example"
+    envelope = RelayEnvelope()
+    assert client_of(session, envelope) == Client("127.0.0.1", "postfix.relay.example", False)
+    envelope.client_address = "192.0.2.7"
+    assert client_of(session, envelope) == Client("192.0.2.7", "", True)
+    envelope.client_helo = "mx.customer.example"
+    assert client_of(session, envelope) == Client("192.0.2.7", "mx.customer.example", True)
