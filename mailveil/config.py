@@ -124,6 +124,13 @@ def _rate(name: str, value: str) -> Rate:
     return rate
 
 
+def _networks(name: str, value: str, example: str) -> tuple[str, ...]:
+    networks = parse_networks(value)
+    if networks is None:
+        raise ConfigError(f"{PREFIX}{name}: expected networks such as {example}, got {value!r}")
+    return networks
+
+
 def _limits(get: Callable[[str], str | None]) -> Limits:
     values: dict[str, object] = {}
     for name, attr in (("SMTP_MAX_PER_CLIENT", "max_per_client"),
@@ -138,11 +145,7 @@ def _limits(get: Callable[[str], str | None]) -> Limits:
         if (v := get(name)) is not None:
             values[attr] = _rate(name, v)
     if (v := get("SMTP_LIMIT_EXEMPT")) is not None:
-        networks = parse_networks(v)
-        if networks is None:
-            raise ConfigError(f"{PREFIX}SMTP_LIMIT_EXEMPT: expected networks such as "
-                              f"192.0.2.0/24, 2001:db8::/32 or none, got {v!r}")
-        values["exempt"] = networks
+        values["exempt"] = _networks("SMTP_LIMIT_EXEMPT", v, "192.0.2.0/24, 2001:db8::/32 or none")
     return Limits(**values)  # type: ignore[arg-type]
 
 
@@ -268,11 +271,7 @@ def from_env(env: Mapping[str, str]) -> Settings:
         _host_port("DNS", v)
         values["dns"] = v
     if (v := get("TRUSTED_PEERS")) is not None:
-        peers = parse_networks(v)
-        if peers is None:
-            raise ConfigError(f"{PREFIX}TRUSTED_PEERS: expected networks such as 127.0.0.1/32, "
-                              f"got {v!r}")
-        values["trusted_peers"] = peers
+        values["trusted_peers"] = _networks("TRUSTED_PEERS", v, "127.0.0.1/32")
     if (v := get("TRUSTED_AUTHSERV_ID")) is not None:
         if not re.match(r"^[a-z0-9.-]{1,253}$", v.lower()):
             raise ConfigError(f"{PREFIX}TRUSTED_AUTHSERV_ID: expected a host name, got {v!r}")
