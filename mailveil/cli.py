@@ -13,8 +13,10 @@ from typing import Any
 from mailveil import service
 from mailveil.config import ConfigError, Settings, from_env
 from mailveil.doctor import examine
+from mailveil.store import care
 from mailveil.store.db import make_engine, migrate, session_factory
 from mailveil.store.retention import Retention, purge, verify
+from mailveil.web.care.routes import mint_link as mint_care_link
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None)))
 
@@ -54,6 +56,35 @@ def _archive(settings: Settings, action: str) -> int:
         engine.dispose()
 
 
+def _care(settings: Settings, action: str, email: str | None) -> int:
+    """Agents of the care console; each change is in the audit log, by the operator."""
+    engine = make_engine(settings.resolved_database_url)
+    now = service.now()
+    try:
+        with session_factory(engine)() as s, s.begin():
+            if action == "list-agents":
+                for agent in care.agents(s):
+                    print(f"{agent.email}\tsince {agent.created_at.isoformat()}")
+                return 0
+            assert email is not None
+            if action == "remove-agent":
+                if not care.remove_agent(s, email, now):
+                    print(f"mailveil: no agent {email}", file=sys.stderr)
+                    return 1
+                care.audit(s, None, "remove-agent", email, now)
+                print(f"removed {email}: their sessions and links stop working now")
+                return 0
+            agent = care.add_agent(s, email, now)
+            care.audit(s, None, "add-agent", agent.email, now)
+            url, expires_at = mint_care_link(s, service.portal_url(settings), agent.id,
+                                             settings.portal_link_lifetime, now)
+            print(f"one-time sign-in link for {agent.email} (until {expires_at.isoformat()}):")
+            print(url)
+            return 0
+    finally:
+        engine.dispose()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mailveil", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -70,7 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     archive.add_argument("action", choices=["verify", "purge"],
                          help="verify: check stored messages against their SHA-256; "
                               "purge: apply the retention settings now")
+    care_parser = commands.add_parser("care", help="agents of the care console")
+    care_parser.add_argument("action", choices=["add-agent", "list-agents", "remove-agent"],
+                             help="add-agent also prints a one-time sign-in link (run it "
+                                  "again for a new one)")
+    care_parser.add_argument("email", nargs="?")
     args = parser.parse_args(argv)
+    if args.command == "care" and args.action != "list-agents" and not args.email:
+        parser.error(f"care {args.action} needs an EMAIL")
     handler = logging.StreamHandler()
     handler.setFormatter(JsonLines())
     logging.basicConfig(level=os.environ.get("MAILVEIL_LOG_LEVEL", "INFO"), handlers=[handler])
@@ -85,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "archive":
         return _archive(settings, args.action)
+    if args.command == "care":
+        return _care(settings, args.action, args.email)
     if args.command == "doctor":
         findings = asyncio.run(examine(settings, args.ip))
         for finding in findings:

@@ -39,8 +39,9 @@ from mailveil.store import workers
 from mailveil.store.db import DATABASE_UNAVAILABLE, make_engine, migrate, session_factory
 from mailveil.store.retention import Retention, purge
 from mailveil.web.api import ApiContext, create_app
+from mailveil.web.care.routes import CARE_SALT, CareContext
 from mailveil.web.portal.routes import PortalContext
-from mailveil.web.sessions import Signer, stored_secret
+from mailveil.web.sessions import PORTAL_SALT, Signer, stored_secret
 from mailveil.web.webhooks import Sender
 
 log = logging.getLogger(__name__)
@@ -297,9 +298,9 @@ async def _sleep_until(event: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(event.wait(), seconds)
 
 
-def portal_signer(s: Settings) -> Signer:
+def portal_signer(s: Settings, salt: str = PORTAL_SALT) -> Signer:
     return Signer(stored_secret(s.portal_secret, s.data_dir / "portal-secret"),
-                  s.portal_session_lifetime, portal_url(s))
+                  s.portal_session_lifetime, portal_url(s), salt)
 
 
 def portal_url(s: Settings) -> str:
@@ -315,10 +316,18 @@ def portal_context(rt: Runtime) -> PortalContext:
         platform_name=s.platform_name, sign=signer(s), webhooks=s.webhook_url is not None)
 
 
+def care_context(rt: Runtime) -> CareContext:
+    s = rt.settings
+    return CareContext(sessions=rt.sessions, book=address_book(s),
+                       signer=portal_signer(s, CARE_SALT),
+                       base_url=portal_url(s), link_lifetime=s.portal_link_lifetime,
+                       platform_name=s.platform_name)
+
+
 async def run_web(rt: Runtime) -> None:
     s = rt.settings
     app = create_app(ApiContext(rt.sessions, address_book(s), api_token(s), s.grace_period,
-                                s.booking_horizon), portal_context(rt))
+                                s.booking_horizon), portal_context(rt), care_context(rt))
     server = uvicorn.Server(uvicorn.Config(app, host=s.http_listen.host, port=s.http_listen.port,
                                            log_level="warning", lifespan="off"))
     # uvicorn captures SIGTERM/SIGINT while it serves and raises them again once it has

@@ -69,8 +69,9 @@ def add_link(s: Session, *, agent_id: int, token: str, now: datetime,
 
 
 def _usable(token: str, now: datetime) -> ColumnElement[bool]:
+    active = select(CareAgentRow.id).where(CareAgentRow.removed_at.is_(None))
     return and_(CareLinkRow.token_hash == token_hash(token), CareLinkRow.used_at.is_(None),
-                CareLinkRow.expires_at > now)
+                CareLinkRow.expires_at > now, CareLinkRow.agent_id.in_(active))
 
 
 def link_usable(s: Session, token: str, now: datetime) -> bool:
@@ -106,7 +107,7 @@ class AuditLine:
 def audit_log(s: Session, limit: int = 200) -> list[AuditLine]:
     rows = s.execute(select(CareAuditRow, CareAgentRow.email)
                      .outerjoin(CareAgentRow, CareAgentRow.id == CareAuditRow.agent_id)
-                     .order_by(CareAuditRow.id.desc()).limit(limit)).tuples().all()
+                     .order_by(CareAuditRow.id.desc()).limit(limit)).all()
     return [AuditLine(r.at, email or "(operator)", r.action, r.subject) for r, email in rows]
 
 

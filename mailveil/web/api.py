@@ -21,6 +21,7 @@ from mailveil.domain.booking import (
     is_open,
     open_until,
 )
+from mailveil.store import care
 from mailveil.store import repository as repo
 from mailveil.store.models import (
     ArchiveEntryRow,
@@ -29,6 +30,8 @@ from mailveil.store.models import (
     InboundRow,
     OutboundRow,
 )
+from mailveil.web.care.routes import CareContext, export_response
+from mailveil.web.care.routes import mount as mount_care
 from mailveil.web.ops import ops_router
 from mailveil.web.portal.routes import PortalContext, mint_link, mount
 from mailveil.web.schemas import (
@@ -202,6 +205,23 @@ def get_archive(reference: str, s: DB) -> list[ArchiveEntryOut]:
     return out
 
 
+@router.get("/bookings/{reference}/export")
+def get_export(reference: str, s: DB) -> Response:
+    """The dispute record: every .eml as received and as delivered, a transcript and a
+    SHA-256 manifest (the console's export button gives the same zip)."""
+    return export_response(s, _existing(s, reference))
+
+
+@router.get("/bookings/{reference}/messages/{inbound_id}/raw")
+def get_raw(reference: str, inbound_id: int, s: DB) -> Response:
+    """A message exactly as received (``inbound_id`` as in the archive listing)."""
+    inbound = care.inbound_of(s, _existing(s, reference).id, inbound_id)
+    if inbound is None or inbound.purged_at is not None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such message, or its body was purged")
+    return Response(inbound.raw, media_type="message/rfc822",
+                    headers={"Content-Disposition": f'attachment; filename="{inbound.id}.eml"'})
+
+
 def _outbound_out(s: Session, o: OutboundRow) -> OutboundOut:
     attempts = s.scalars(select(AttemptRow).where(AttemptRow.outbound_id == o.id)
                          .order_by(AttemptRow.id)).all()
@@ -230,8 +250,10 @@ def post_portal_link(supplier_id: str, s: DB, request: Request) -> PortalLinkOut
     return PortalLinkOut(url=url, expires_at=expires_at)
 
 
-def create_app(ctx: ApiContext, portal: PortalContext | None = None) -> FastAPI:
-    """The API, and with ``portal`` the supplier portal and its link-minting call."""
+def create_app(ctx: ApiContext, portal: PortalContext | None = None,
+               care_ctx: CareContext | None = None) -> FastAPI:
+    """The API, and with ``portal`` the supplier portal and its link-minting call, with
+    ``care_ctx`` the care console."""
     app = FastAPI(title="mailveil", summary="Masked e-mail relay for marketplaces",
                   version="0.1.0")
     app.state.ctx = ctx
@@ -240,4 +262,6 @@ def create_app(ctx: ApiContext, portal: PortalContext | None = None) -> FastAPI:
     if portal is not None:
         app.include_router(portal_api)
         mount(app, portal)
+    if care_ctx is not None:
+        mount_care(app, care_ctx)
     return app

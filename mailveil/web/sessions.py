@@ -26,12 +26,13 @@ from mailveil.domain.addresses import Role
 log = logging.getLogger(__name__)
 
 COOKIE = "mailveil_portal"
+PORTAL_SALT = "mailveil-portal"
 
 
 @dataclass(frozen=True)
 class Visit:
     browser: str  # random id of this browser's session
-    supplier_id: str | None = None
+    supplier_id: str | None = None  # the signed-in account: a supplier, or an agent in /care
     language: str | None = None  # chosen with the switcher
 
     def signed_in_as(self, supplier_id: str, language: str | None) -> Visit:
@@ -49,8 +50,10 @@ def new_browser_id() -> str:
 
 
 class Signer:
-    def __init__(self, secret: str, lifetime: timedelta, base_url: str = "") -> None:
-        self._serializer = URLSafeTimedSerializer(secret, salt="mailveil-portal",
+    def __init__(self, secret: str, lifetime: timedelta, base_url: str = "",
+                 salt: str = PORTAL_SALT) -> None:
+        # The care console signs with its own salt: a portal cookie is no console cookie.
+        self._serializer = URLSafeTimedSerializer(secret, salt=salt,
                                                   signer_kwargs={"digest_method": hashlib.sha256})
         self._contact = URLSafeSerializer(secret, salt="mailveil-contact",
                                           signer_kwargs={"digest_method": hashlib.sha256})

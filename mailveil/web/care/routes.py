@@ -1,0 +1,249 @@
+"""The care console's pages under ``/care``: one-time links from ``mailveil care add-agent``,
+a signed cookie of its own (a supplier's portal cookie is not one), a CSRF token in every
+form, and every agent action written to the audit log."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Request, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from sqlalchemy.orm import Session
+
+from mailveil.domain.addresses import AddressBook
+from mailveil.store import care as store
+from mailveil.store.models import BookingRow, CareAgentRow
+from mailveil.web.care import views
+from mailveil.web.portal.routes import SECURITY_HEADERS
+from mailveil.web.sessions import Signer, Visit, new_browser_id
+
+HERE = Path(__file__).parent
+COOKIE = "mailveil_care"
+CARE_SALT = "mailveil-care"  # for the Signer of the console's cookies
+
+
+@dataclass(frozen=True)
+class CareContext:
+    sessions: Callable[[], Session]
+    book: AddressBook
+    signer: Signer  # salted apart from the portal's
+    base_url: str
+    link_lifetime: timedelta
+    platform_name: str
+
+    @property
+    def secure_cookies(self) -> bool:
+        return self.base_url.startswith("https://")
+
+
+def mint_link(s: Session, base_url: str, agent_id: int, lifetime: timedelta,
+              now: datetime) -> tuple[str, datetime]:
+    token = secrets.token_urlsafe(32)
+    expires_at = now + lifetime
+    store.add_link(s, agent_id=agent_id, token=token, now=now, expires_at=expires_at)
+    return f"{base_url}/care/link/{token}", expires_at
+
+
+env = Environment(loader=FileSystemLoader(HERE / "templates"),
+                  autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
+
+
+def _ctx(request: Request) -> CareContext:
+    ctx: CareContext = request.app.state.care
+    return ctx
+
+
+def _db(request: Request) -> Iterator[Session]:
+    with _ctx(request).sessions() as s, s.begin():
+        yield s
+
+
+DB = Annotated[Session, Depends(_db, scope="function")]
+Csrf = Annotated[str, Form()]
+
+
+class Page:
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self.ctx = _ctx(request)
+        self.visit = (self.ctx.signer.load(request.cookies.get(COOKIE))
+                      or Visit(new_browser_id()))
+        self.agent: CareAgentRow | None = None
+
+    def check_csrf(self, token: str) -> None:
+        if not self.ctx.signer.csrf_ok(self.visit, token):
+            raise HTTPException(403, "missing or wrong CSRF token")
+
+    def render(self, template: str, status: int = 200, **values: Any) -> Response:
+        html = env.get_template(template).render(
+            csrf=self.ctx.signer.csrf_token(self.visit), agent=self.agent,
+            platform=self.ctx.platform_name, when=_when, **values)
+        return self.keep(HTMLResponse(html, status_code=status))
+
+    def redirect(self, to: str) -> Response:
+        return self.keep(RedirectResponse(to, status_code=303))
+
+    def keep(self, response: Response) -> Response:
+        response.set_cookie(COOKIE, self.ctx.signer.dump(self.visit),
+                            max_age=int(self.ctx.signer.lifetime.total_seconds()),
+                            path="/care", httponly=True, samesite="strict",
+                            secure=self.ctx.secure_cookies)
+        return response
+
+    def audit(self, s: Session, action: str, subject: str) -> None:
+        store.audit(s, self.agent.id if self.agent else None, action, subject,
+                    datetime.now(UTC))
+
+
+def _when(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _page(request: Request) -> Page:
+    return Page(request)
+
+
+def _agent_page(request: Request, s: DB) -> Page:
+    """A page for a signed-in agent still on the list; anyone else gets 401."""
+    page = Page(request)
+    account = page.visit.supplier_id  # the console's cookie holds an agent's id there
+    agent = (store.active_agent(s, int(account))
+             if account is not None and account.isdigit() else None)
+    if agent is None:
+        raise HTTPException(401, "sign in with a link from `mailveil care add-agent`")
+    page.agent = agent
+    return page
+
+
+PageDep = Annotated[Page, Depends(_page)]
+AgentPage = Annotated[Page, Depends(_agent_page)]
+router = APIRouter(prefix="/care", include_in_schema=False)
+
+
+def _booking(s: Session, reference: str) -> BookingRow:
+    row = store.booking(s, reference)
+    if row is None:
+        raise HTTPException(404, "no such booking")
+    return row
+
+
+@router.get("/link/{token}")
+def link_page(token: str, page: PageDep, s: DB) -> Response:
+    """A button, not an instant sign-in: a mail scanner opening the link must not spend it."""
+    usable = store.link_usable(s, token, datetime.now(UTC))
+    return page.render("link.html", token=token, usable=usable, status=200 if usable else 410)
+
+
+@router.post("/link/{token}")
+def link_use(token: str, page: PageDep, s: DB, csrf: Csrf = "") -> Response:
+    page.check_csrf(csrf)
+    agent = store.use_link(s, token, datetime.now(UTC))
+    if agent is None:
+        return page.render("link.html", token=token, usable=False, status=410)
+    page.visit, page.agent = page.visit.signed_in_as(str(agent.id), None), agent
+    page.audit(s, "sign-in", agent.email)
+    return page.redirect("/care/")
+
+
+@router.post("/sign-out")
+def sign_out(page: AgentPage, s: DB, csrf: Csrf = "") -> Response:
+    page.check_csrf(csrf)
+    page.audit(s, "sign-out", page.agent.email if page.agent else "")
+    page.visit, page.agent = page.visit.signed_out(), None
+    return page.render("signed_out.html")
+
+
+@router.get("/")
+def search(page: AgentPage, s: DB, q: str = "") -> Response:
+    found = store.search(s, page.ctx.book, q) if q.strip() else []
+    if q.strip():
+        page.audit(s, "search", q.strip()[:500])
+    return page.render("search.html", q=q, found=found, searched=bool(q.strip()))
+
+
+@router.get("/bookings/{reference}")
+def conversation(reference: str, page: AgentPage, s: DB) -> Response:
+    row = _booking(s, reference)
+    page.audit(s, "open", reference)
+    messages = store.record(s, row.id)
+    return page.render("booking.html", booking=row, messages=messages, shown=views.shown)
+
+
+@router.get("/bookings/{reference}/{side}/{message_id}/html")
+def message_html(reference: str, side: str, message_id: int, page: AgentPage,
+                 s: DB) -> Response:
+    """The HTML part alone, for a sandboxed frame; the CSP keeps it inert even when opened
+    directly in a tab."""
+    raw = _raw(s, _booking(s, reference), side, message_id)
+    html = views.html_of(raw)
+    if html is None:
+        raise HTTPException(404, "no HTML part")
+    return HTMLResponse(html, headers={"Content-Security-Policy": views.HTML_POLICY,
+                                       "X-Content-Type-Options": "nosniff",
+                                       "Cache-Control": "no-store"})
+
+
+def _raw(s: Session, booking: BookingRow, side: str, message_id: int) -> bytes:
+    if side == "received":
+        inbound = store.inbound_of(s, booking.id, message_id)
+        raw = inbound.raw if inbound is not None and inbound.purged_at is None else None
+    elif side == "delivered":
+        outbound = store.outbound_of(s, booking.id, message_id)
+        raw = outbound.raw if outbound is not None and outbound.purged_at is None else None
+    else:
+        raw = None
+    if raw is None:
+        raise HTTPException(404, "no such message")
+    return raw
+
+
+def export(s: Session, booking: BookingRow) -> bytes:
+    """The dispute export of a booking, for the console and the API alike."""
+    messages = store.record(s, booking.id)
+    entries = views.files(messages)
+    transcript = env.get_template("transcript.html").render(
+        booking=booking, messages=messages, shown=views.shown, when=_when)
+    return views.dispute_zip(entries, transcript)
+
+
+def export_response(s: Session, booking: BookingRow) -> Response:
+    return Response(export(s, booking), media_type="application/zip", headers={
+        "Content-Disposition": f'attachment; filename="dispute-{_safe(booking.reference)}.zip"'})
+
+
+def _safe(reference: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in reference)
+
+
+@router.post("/bookings/{reference}/export")
+def export_page(reference: str, page: AgentPage, s: DB, csrf: Csrf = "") -> Response:
+    page.check_csrf(csrf)
+    row = _booking(s, reference)
+    page.audit(s, "export", reference)
+    return page.keep(export_response(s, row))
+
+
+@router.get("/audit")
+def audit_page(page: AgentPage, s: DB) -> Response:
+    return page.render("audit.html", lines=store.audit_log(s))
+
+
+def mount(app: FastAPI, ctx: CareContext) -> None:
+    app.state.care = ctx
+    app.include_router(router)
+    app.mount("/care/static", StaticFiles(directory=HERE / "static"), name="care-static")
+
+    @app.middleware("http")
+    async def _headers(request: Request, call_next: Callable[[Request], Any]) -> Response:
+        response: Response = await call_next(request)
+        if request.url.path.startswith("/care"):
+            for name, value in SECURITY_HEADERS.items():
+                response.headers.setdefault(name, value)
+        return response
