@@ -8,26 +8,24 @@ databases is covered over HTTP in tests/web/test_portal.py, so they run on SQLit
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from tests.conftest import Mailveil
+from tests.support.browser import browser, open_page
 from tests.support.client import CUSTOMER
 from tests.support.portal import conversation, link_in, mint, wait_for_mail
 from tests.support.sink import Sink
 from tests.support.webhooks import Receiver, receiving, verify
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 BANGKOK = "Asia/Bangkok"
 WEBHOOK_SECRET = "browser-test-webhooks-" + "s" * 32
+__all__ = ["browser"]  # the module-scoped fixture
 
 
 @pytest.fixture
@@ -46,21 +44,8 @@ def extra_env(receiver: Receiver) -> dict[str, str]:
     return {"MAILVEIL_WEBHOOK_URL": receiver.url, "MAILVEIL_WEBHOOK_SECRET": WEBHOOK_SECRET}
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists() or shutil.which("fc-list") is None:
-        pytest.fail(f"{CHROMIUM} is missing: run scripts/install-system-packages as root")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
-        yield b
-        b.close()
-
-
 def _page(browser: Browser, mv: Mailveil, **options: object) -> Page:
-    context = browser.new_context(base_url=f"http://127.0.0.1:{mv.http_port}",
-                                  timezone_id=BANGKOK, **options)  # type: ignore[arg-type]
-    context.set_default_timeout(15_000)
-    return context.new_page()
+    return open_page(browser, mv, timezone_id=BANGKOK, **options)
 
 
 def test_sign_in_find_copy_switch_to_thai_and_ask_to_cancel(
