@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.orm import Session
@@ -18,15 +19,18 @@ from mailveil.store.models import (
     ArchiveEntryRow,
     AttemptRow,
     BookingRow,
+    CancellationRow,
     CareAgentRow,
     CareAuditRow,
+    CareClosureRow,
     CareLinkRow,
+    ContactTicketRow,
     InboundRow,
     MessageIdRow,
     OutboundRow,
     SupplierRow,
 )
-from mailveil.store.portal import token_hash
+from mailveil.store.portal import CancellationState, token_hash
 
 # --- agents -------------------------------------------------------------------------------
 
@@ -189,3 +193,55 @@ def inbound_of(s: Session, booking_id: int, inbound_id: int) -> InboundRow | Non
 def outbound_of(s: Session, booking_id: int, outbound_id: int) -> OutboundRow | None:
     return s.scalar(select(OutboundRow).where(OutboundRow.id == outbound_id,
                                               OutboundRow.booking_id == booking_id))
+
+
+# --- queues -------------------------------------------------------------------------------
+
+
+class QueueKind(StrEnum):
+    TICKET = "ticket"  # left on the contact form
+    CANCELLATION = "cancellation"  # a request the customer declined or left unanswered
+
+
+@dataclass(frozen=True)
+class QueueItem:
+    kind: QueueKind
+    id: int
+    reference: str
+    at: datetime
+    summary: str  # what the party wrote: a ticket's message, a request's reason
+    state: str
+
+
+def queue(s: Session, now: datetime) -> list[QueueItem]:
+    """Open items, oldest first: contact tickets, and cancellation requests declined or not
+    answered in time (a request past its answer time counts as unanswered)."""
+    closed = {(c.kind, c.item_id) for c in s.scalars(select(CareClosureRow))}
+    tickets = s.execute(select(ContactTicketRow, BookingRow.reference)
+                        .join(BookingRow, BookingRow.id == ContactTicketRow.booking_id)).all()
+    requests = s.execute(
+        select(CancellationRow, BookingRow.reference)
+        .join(BookingRow, BookingRow.id == CancellationRow.booking_id)
+        .where(or_(CancellationRow.state.in_([CancellationState.DECLINED.value,
+                                              CancellationState.UNANSWERED.value]),
+                   and_(CancellationRow.state == CancellationState.REQUESTED.value,
+                        CancellationRow.answer_by <= now)))).all()
+    items = [QueueItem(QueueKind.TICKET, t.id, ref, t.created_at, t.message, t.role)
+             for t, ref in tickets]
+    items += [QueueItem(QueueKind.CANCELLATION, c.id, ref, c.created_at, c.reason,
+                        CancellationState.UNANSWERED.value
+                        if c.state == CancellationState.REQUESTED.value else c.state)
+              for c, ref in requests]
+    return sorted((i for i in items if (i.kind.value, i.id) not in closed),
+                  key=lambda i: i.at)
+
+
+def close(s: Session, kind: QueueKind, item_id: int, agent_id: int, note: str,
+          now: datetime) -> bool:
+    """Close an open item once; ``False`` when it is not in the queue."""
+    if not any(i.kind is kind and i.id == item_id for i in queue(s, now)):
+        return False
+    s.add(CareClosureRow(kind=kind.value, item_id=item_id, agent_id=agent_id, note=note,
+                         closed_at=now))
+    s.flush()
+    return True

@@ -22,6 +22,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -347,3 +348,18 @@ class CareAuditRow(Base):
     agent_id: Mapped[int | None] = mapped_column(ForeignKey("care_agents.id"), index=True)
     action: Mapped[str] = mapped_column(String(32))
     subject: Mapped[str] = mapped_column(Text)
+
+
+class CareClosureRow(Base):
+    """An item of a care queue closed by an agent, with their note; closed once."""
+
+    __tablename__ = "care_closures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))  # ticket | cancellation
+    item_id: Mapped[int]
+    agent_id: Mapped[int] = mapped_column(ForeignKey("care_agents.id"))
+    note: Mapped[str] = mapped_column(Text)
+    closed_at: Mapped[datetime]
+
+    __table_args__ = (UniqueConstraint("kind", "item_id"),)

@@ -17,8 +17,10 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailveil.store import care as store
+from mailveil.store import portal as portal_store
 from mailveil.store.db import make_engine, session_factory
 from mailveil.store.models import CareAuditRow
+from mailveil.store.portal import CancellationState
 from mailveil.web.care.views import HTML_POLICY
 from tests.conftest import Mailveil
 from tests.support.care import (
@@ -173,6 +175,7 @@ def _console_urls(entries: list[dict[str, object]]) -> list[tuple[str, str]]:
     return [("GET", "/care/"), ("GET", "/care/?q=GYG-1001"), ("GET", "/care/audit"),
             ("GET", "/care/bookings/GYG-1001"),
             ("GET", f"/care/bookings/GYG-1001/received/{inbound}/html"),
+            ("GET", "/care/queue"), ("POST", "/care/queue/ticket/1/close"),
             ("POST", "/care/bookings/GYG-1001/export"), ("POST", "/care/sign-out")]
 
 
@@ -193,8 +196,8 @@ def test_who_may_use_the_console(mailveil: Mailveil, database_url: str) -> None:
     for who, cookies in strangers.items():
         with httpx.Client(base_url=base(mailveil), timeout=10, cookies=cookies) as client:
             for method, url in urls:
-                r = client.request(method, url, data={"csrf": "0" * 64} if method == "POST"
-                                   else None)
+                r = client.request(method, url, data={"csrf": "0" * 64, "note": "x"}
+                                   if method == "POST" else None)
                 assert r.status_code == 401, (who, method, url, r.status_code)
     # An expired link and a replayed one sign nobody in.
     now = datetime.now(UTC)
@@ -220,7 +223,7 @@ def test_who_may_use_the_console(mailveil: Mailveil, database_url: str) -> None:
         for method, url in urls:
             if method == "POST":
                 assert client.post(url).status_code == 403
-                assert client.post(url, data={"csrf": "0" * 64}).status_code == 403
+                assert client.post(url, data={"csrf": "0" * 64, "note": "x"}).status_code == 403
         assert client.get("/care/").status_code == 200  # still signed in
     # A console cookie is no portal session either.
     with agent_client(mailveil) as client:
@@ -228,3 +231,52 @@ def test_who_may_use_the_console(mailveil: Mailveil, database_url: str) -> None:
     with httpx.Client(base_url=base(mailveil), timeout=10,
                       cookies={"mailveil_portal": care_cookie or ""}) as client:
         assert client.get("/portal/bookings").status_code == 303
+
+
+def _open_items(client: httpx.Client) -> list[str]:
+    page = client.get("/care/queue")
+    assert page.status_code == 200
+    return re.findall(r'<article class="queue-item" id="([a-z]+-\d+)">', page.text)
+
+
+def test_queue_items_are_closed_with_a_note(mailveil: Mailveil, database_url: str) -> None:
+    conversation(mailveil)
+    now = datetime.now(UTC)
+    engine = make_engine(database_url)
+    with session_factory(engine)() as s, s.begin():
+        booking = portal_store.booking_by_reference(s, "GYG-1001")
+        assert booking is not None
+        ticket = portal_store.add_ticket(s, booking_id=booking.id, role="customer",
+                                         message="The guide never came", now=now)
+        requests = {}
+        for name, answer_by in (("declined", now + timedelta(days=1)),
+                                ("late", now - timedelta(minutes=1)),
+                                ("waiting", now + timedelta(days=1)),
+                                ("confirmed", now + timedelta(days=1))):
+            requests[name] = portal_store.add_cancellation(
+                s, booking_id=booking.id, reason=f"reason {name}", token=name, now=now,
+                answer_by=answer_by).id
+        assert portal_store.answer_cancellation(s, "declined", CancellationState.DECLINED, now)
+        assert portal_store.answer_cancellation(s, "confirmed", CancellationState.CONFIRMED,
+                                                now)
+    engine.dispose()
+    with agent_client(mailveil) as client:
+        assert _open_items(client) == [f"ticket-{ticket.id}",
+                                       f"cancellation-{requests['declined']}",
+                                       f"cancellation-{requests['late']}"]
+        page = client.get("/care/queue")
+        assert "The guide never came" in page.text and "unanswered" in page.text
+        token = csrf(page.text)
+        url = f"/care/queue/ticket/{ticket.id}/close"
+        assert client.post(url, data={"csrf": token, "note": "  "}).status_code == 422
+        assert client.post(url, data={"csrf": token, "note": "Refunded, guide warned"}
+                           ).status_code == 303
+        assert client.post(url, data={"csrf": token, "note": "again"}).status_code == 404
+        waiting = f"/care/queue/cancellation/{requests['waiting']}/close"
+        assert client.post(waiting, data={"csrf": token, "note": "x"}).status_code == 404
+        assert client.post("/care/queue/other/1/close", data={"csrf": token, "note": "x"}
+                           ).status_code == 422
+        assert _open_items(client) == [f"cancellation-{requests['declined']}",
+                                       f"cancellation-{requests['late']}"]
+    assert (AGENT, "close", f"ticket {ticket.id}: Refunded, guide warned") in _audit(
+        mailveil, database_url)

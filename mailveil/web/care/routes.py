@@ -230,6 +230,27 @@ def export_page(reference: str, page: AgentPage, s: DB, csrf: Csrf = "") -> Resp
     return page.keep(export_response(s, row))
 
 
+MAX_NOTE = 2000
+
+
+@router.get("/queue")
+def queue_page(page: AgentPage, s: DB) -> Response:
+    return page.render("queue.html", items=store.queue(s, datetime.now(UTC)))
+
+
+@router.post("/queue/{kind}/{item_id}/close")
+def close_item(kind: store.QueueKind, item_id: int, page: AgentPage, s: DB, csrf: Csrf = "",
+               note: Annotated[str, Form(max_length=MAX_NOTE)] = "") -> Response:
+    page.check_csrf(csrf)
+    if not note.strip():
+        raise HTTPException(422, "a note is needed to close an item")
+    assert page.agent is not None
+    if not store.close(s, kind, item_id, page.agent.id, note.strip(), datetime.now(UTC)):
+        raise HTTPException(404, "no such open item")
+    page.audit(s, "close", f"{kind.value} {item_id}: {note.strip()}"[:500])
+    return page.redirect("/care/queue")
+
+
 @router.get("/audit")
 def audit_page(page: AgentPage, s: DB) -> Response:
     return page.render("audit.html", lines=store.audit_log(s))
