@@ -321,7 +321,8 @@ def care_context(rt: Runtime) -> CareContext:
     return CareContext(sessions=rt.sessions, book=address_book(s),
                        signer=portal_signer(s, CARE_SALT),
                        base_url=portal_url(s), link_lifetime=s.portal_link_lifetime,
-                       platform_name=s.platform_name)
+                       platform_name=s.platform_name,
+                       captured=s.capture_dir if s.smarthost is None else None)
 
 
 async def run_web(rt: Runtime) -> None:

@@ -7,8 +7,11 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from html import unescape
+from pathlib import Path
 
 import httpx
 import pytest
@@ -22,7 +25,7 @@ from mailveil.store.db import make_engine, session_factory
 from mailveil.store.models import CareAuditRow
 from mailveil.store.portal import CancellationState
 from mailveil.web.care.views import HTML_POLICY
-from tests.conftest import Mailveil
+from tests.conftest import Mailveil, mailveil_env
 from tests.support.care import (
     AGENT,
     add_agent,
@@ -32,7 +35,15 @@ from tests.support.care import (
     send_hostile_html,
     unzip,
 )
-from tests.support.client import CUSTOMER, SUPPLIER, archive_until_delivered
+from tests.support.client import (
+    CUSTOMER,
+    SUPPLIER,
+    archive_until_delivered,
+    mail,
+    register,
+    send,
+)
+from tests.support.net import free_port
 from tests.support.portal import base, conversation, csrf, sign_in, use_link
 
 
@@ -99,6 +110,7 @@ def test_search_by_reference_relay_address_real_address_and_message_id(
         assert _found(client, delivered["message_id"].strip("<>")) == ["GYG-1001"]
         assert _found(client, "GYG-10") == []
         assert _found(client, "nobody@example.org") == []
+        assert client.get("/care/captured").status_code == 404  # a smarthost is set
 
 
 def test_a_message_is_shown_as_received_and_as_delivered(mailveil: Mailveil) -> None:
@@ -176,6 +188,7 @@ def _console_urls(entries: list[dict[str, object]]) -> list[tuple[str, str]]:
             ("GET", "/care/bookings/GYG-1001"),
             ("GET", f"/care/bookings/GYG-1001/received/{inbound}/html"),
             ("GET", "/care/queue"), ("POST", "/care/queue/ticket/1/close"),
+            ("GET", "/care/captured"), ("GET", "/care/captured/x"),
             ("POST", "/care/bookings/GYG-1001/export"), ("POST", "/care/sign-out")]
 
 
@@ -280,3 +293,39 @@ def test_queue_items_are_closed_with_a_note(mailveil: Mailveil, database_url: st
                                        f"cancellation-{requests['late']}"]
     assert (AGENT, "close", f"ticket {ticket.id}: Refunded, guide warned") in _audit(
         mailveil, database_url)
+
+
+@pytest.fixture
+def capturing(database_url: str, tmp_path: Path) -> Iterator[Mailveil]:
+    """``mailveil serve`` without a smarthost: it captures what it sends."""
+    data_dir = tmp_path / "var"
+    data_dir.mkdir()
+    smtp_port, http_port = free_port(), free_port()
+    token = "test-token-" + secrets.token_hex(8)
+    mv = Mailveil(mailveil_env(database_url, data_dir, smtp_port, http_port, token, None),
+                  data_dir, smtp_port, http_port, token)
+    mv.start()
+    try:
+        yield mv
+    finally:
+        mv.stop()
+        print(mv.log.read_text(errors="replace")[-8000:])
+
+
+def test_captured_mail_is_browsable_without_a_smarthost(capturing: Mailveil) -> None:
+    b = register(capturing)
+    send(capturing, mail(CUSTOMER, b["supplier_relay_address"], "Pick-up time?",
+                         "When do you pick us up?\n"), CUSTOMER, [b["supplier_relay_address"]])
+    with agent_client(capturing) as client:
+        deadline = time.monotonic() + 30
+        while "Pick-up time?" not in (listing := client.get("/care/captured")).text:
+            assert time.monotonic() < deadline, listing.text
+            time.sleep(0.1)
+        assert f"to=&lt;{SUPPLIER}&gt;" in listing.text
+        [key] = re.findall(r'<a href="/care/captured/([^"]+)">Pick-up time\?</a>', listing.text)
+        one = client.get(f"/care/captured/{key}")
+        assert one.status_code == 200
+        assert "When do you pick us up?" in one.text
+        assert b["customer_relay_address"] in unescape(one.text)
+        assert client.get("/care/captured/nope").status_code == 404
+        assert client.get("/care/captured/..%2F..%2Fportal-secret").status_code == 404

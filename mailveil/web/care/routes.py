@@ -4,6 +4,7 @@ form, and every agent action written to the audit log."""
 
 from __future__ import annotations
 
+import mailbox
 import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from mailveil.web.sessions import Signer, Visit, new_browser_id
 
 HERE = Path(__file__).parent
 COOKIE = "mailveil_care"
+CAPTURED_SHOWN = 200
 CARE_SALT = "mailveil-care"  # for the Signer of the console's cookies
 
 
@@ -37,6 +39,7 @@ class CareContext:
     base_url: str
     link_lifetime: timedelta
     platform_name: str
+    captured: Path | None = None  # the capture maildir when no smarthost is configured
 
     @property
     def secure_cookies(self) -> bool:
@@ -84,7 +87,8 @@ class Page:
     def render(self, template: str, status: int = 200, **values: Any) -> Response:
         html = env.get_template(template).render(
             csrf=self.ctx.signer.csrf_token(self.visit), agent=self.agent,
-            platform=self.ctx.platform_name, when=_when, **values)
+            platform=self.ctx.platform_name, when=_when,
+            captured=self.ctx.captured is not None, **values)
         return self.keep(HTMLResponse(html, status_code=status))
 
     def redirect(self, to: str) -> Response:
@@ -181,8 +185,10 @@ def message_html(reference: str, side: str, message_id: int, page: AgentPage,
                  s: DB) -> Response:
     """The HTML part alone, for a sandboxed frame; the CSP keeps it inert even when opened
     directly in a tab."""
-    raw = _raw(s, _booking(s, reference), side, message_id)
-    html = views.html_of(raw)
+    return _html_response(views.html_of(_raw(s, _booking(s, reference), side, message_id)))
+
+
+def _html_response(html: str | None) -> Response:
     if html is None:
         raise HTTPException(404, "no HTML part")
     return HTMLResponse(html, headers={"Content-Security-Policy": views.HTML_POLICY,
@@ -249,6 +255,39 @@ def close_item(kind: store.QueueKind, item_id: int, page: AgentPage, s: DB, csrf
         raise HTTPException(404, "no such open item")
     page.audit(s, "close", f"{kind.value} {item_id}: {note.strip()}"[:500])
     return page.redirect("/care/queue")
+
+
+def _captured(page: Page) -> mailbox.Maildir:
+    if page.ctx.captured is None:
+        raise HTTPException(404, "a smarthost is configured: nothing is captured")
+    return mailbox.Maildir(page.ctx.captured, create=True)
+
+
+def _captured_raw(box: mailbox.Maildir, key: str) -> bytes:
+    try:
+        return box.get_bytes(key)  # a key of the maildir's own table, never a path
+    except KeyError:
+        raise HTTPException(404, "no such captured message") from None
+
+
+@router.get("/captured")
+def captured_list(page: AgentPage) -> Response:
+    """What mailveil sent while no smarthost is configured, newest first."""
+    box = _captured(page)
+    found = sorted(((key, views.shown(box.get_bytes(key)), box.get_message(key).get_date())
+                    for key in box.iterkeys()), key=lambda m: m[2], reverse=True)
+    return page.render("captured.html", found=found[:CAPTURED_SHOWN], total=len(found))
+
+
+@router.get("/captured/{key}")
+def captured_one(key: str, page: AgentPage) -> Response:
+    raw = _captured_raw(_captured(page), key)
+    return page.render("captured_one.html", key=key, raw=raw, shown=views.shown)
+
+
+@router.get("/captured/{key}/html")
+def captured_html(key: str, page: AgentPage) -> Response:
+    return _html_response(views.html_of(_captured_raw(_captured(page), key)))
 
 
 @router.get("/audit")
