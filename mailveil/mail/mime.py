@@ -670,17 +670,20 @@ def _delimiters(raw: bytes, start: int, end: int, boundary: str) -> list[tuple[i
     """(start, end, is_closing) of each delimiter line up to the closing one.
 
     A delimiter starts at the line break before ``--boundary`` unless that break already
-    ended the previous delimiter (an empty part).
+    ended the previous delimiter (an empty part). A bare CR is a line break too, as in the
+    stdlib's parser and so in the mail programs that read what we relay: the listener never
+    stores one, but a forwarded message's decoded bytes may hold one, and a delimiter that
+    only the recipient saw would hide a part (say, base64 text) from scrubbing.
     """
     dashed = re.escape(b"--" + boundary.encode("utf-8", "replace"))
     # The literal comes first so that re can skip through attachments at memchr speed; the
     # lookbehind then keeps only delimiters at the start of a line (30x faster than ``^``).
-    pattern = re.compile(dashed + rb"(?<![^\n]" + dashed + rb")(--)?[ \t]*(?:\r?\n|\Z)")
+    pattern = re.compile(dashed + rb"(?<![^\r\n]" + dashed + rb")(--)?[ \t]*(?:\r\n|\r|\n|\Z)")
     cuts: list[tuple[int, int, bool]] = []
     previous_end = start
     for match in pattern.finditer(raw, start, end):
         cut = match.start()
-        for newline in (b"\r\n", b"\n"):
+        for newline in (b"\r\n", b"\n", b"\r"):
             if raw.endswith(newline, previous_end, cut):
                 cut -= len(newline)
                 break

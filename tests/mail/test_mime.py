@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import email
 from email import policy
 from email.header import Header
 from pathlib import Path
@@ -302,3 +303,17 @@ def test_long_ids_fold_between_ids_and_are_never_encoded(ids: list[str]) -> None
 
 def test_an_id_longer_than_a_line_drops_the_field() -> None:
     assert fold("References", "<" + "a" * 1000 + "@x.org>") == b""
+
+
+def test_a_delimiter_after_a_bare_cr_is_one_as_for_the_stdlib() -> None:
+    """A recipient's program reads ``\\r--b`` as a delimiter; if we did not, a part hidden
+    behind it (base64 text naming a real address) would never be scrubbed."""
+    hidden = base64.b64encode(b"write to ann@example.org")
+    raw = (b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\nvisible\r--b\r"
+           b"Content-Transfer-Encoding: base64\r\n\r\n" + hidden + b"\r\n--b--\r\n")
+    ours = [payload(e) for e in parse(raw).walk() if not e.multipart]
+    theirs = [p.get_payload(decode=True)
+              for p in email.message_from_bytes(raw, policy=policy.default).walk()
+              if not p.is_multipart()]
+    assert ours == theirs == [b"visible", b"write to ann@example.org"]
+    assert serialize(parse(raw)) == raw
