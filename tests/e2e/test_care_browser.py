@@ -17,7 +17,7 @@ import pytest
 from playwright.sync_api import Browser, expect
 
 from tests.conftest import Mailveil
-from tests.support.browser import browser, open_page
+from tests.support.browser import browser, open_page, save_screenshot
 from tests.support.care import add_agent, check_export, send_hostile_html, unzip
 from tests.support.client import CUSTOMER, archive_until_delivered
 from tests.support.portal import conversation
@@ -73,7 +73,7 @@ def test_sign_in_find_open_both_versions_and_export(
                       ).fill(CUSTOMER)
     page.keyboard.press("Enter")
     expect(page.locator("table.bookings tbody tr")).to_have_count(1)
-    page.screenshot(path=str(tmp_path / "care-search.png"))
+    save_screenshot(page, "care-search")
     page.get_by_role("link", name="GYG-1001", exact=True).click()
     expect(page.get_by_role("heading", level=1)).to_have_text("Booking GYG-1001")
 
@@ -90,7 +90,7 @@ def test_sign_in_find_open_both_versions_and_export(
         assert frame.locator("html").evaluate("() => document.title") != "pwned"
         # The form does not go anywhere.
         frame.get_by_role("button", name="Pay").click()
-    hostile.screenshot(path=str(tmp_path / "care-conversation.png"))
+    save_screenshot(hostile, "care-conversation")
     page.wait_for_load_state("networkidle")
     assert _Hits.hits == []
 
@@ -102,5 +102,5 @@ def test_sign_in_find_open_both_versions_and_export(
     check_export(unzip(saved.read_bytes()), entries)
     page.goto("/care/audit")
     expect(page.locator("table.audit tbody tr").first).to_contain_text("export")
-    page.screenshot(path=str(tmp_path / "care-audit.png"))
+    save_screenshot(page, "care-audit")
     assert _Hits.hits == []

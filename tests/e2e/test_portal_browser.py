@@ -17,7 +17,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from tests.conftest import Mailveil
-from tests.support.browser import browser, open_page
+from tests.support.browser import browser, open_page, save_screenshot
 from tests.support.client import CUSTOMER
 from tests.support.portal import conversation, link_in, mint, wait_for_mail
 from tests.support.sink import Sink
@@ -49,10 +49,10 @@ def _page(browser: Browser, mv: Mailveil, **options: object) -> Page:
 
 
 def test_sign_in_find_copy_switch_to_thai_and_ask_to_cancel(
-        mailveil: Mailveil, sink: Sink, browser: Browser, tmp_path: Path,
-        receiver: Receiver) -> None:
+        mailveil: Mailveil, sink: Sink, browser: Browser, receiver: Receiver) -> None:
     b = conversation(mailveil, locale="th")
-    page = _page(browser, mailveil, permissions=["clipboard-read", "clipboard-write"])
+    page = _page(browser, mailveil, permissions=["clipboard-read", "clipboard-write"],
+                 viewport={"width": 1280, "height": 900})
     page.goto(mint(mailveil)["url"])
     page.locator("form[action^='/portal/link/'] button").click()
     expect(page).to_have_url(f"http://127.0.0.1:{mailveil.http_port}/portal/bookings")
@@ -62,6 +62,7 @@ def test_sign_in_find_copy_switch_to_thai_and_ask_to_cancel(
     page.get_by_label("Référence de réservation").fill("GYG-1001")
     page.keyboard.press("Enter")
     expect(page.locator("table.bookings tbody tr")).to_have_count(1)
+    save_screenshot(page, "portal-bookings")
     page.get_by_role("link", name="GYG-1001", exact=True).click()
     expect(page.get_by_role("heading", level=1)).to_have_text("Réservation GYG-1001")
 
@@ -74,12 +75,13 @@ def test_sign_in_find_copy_switch_to_thai_and_ask_to_cancel(
     expect(page.locator(".state-delivered")).to_have_count(2)
     expect(page.locator(".state-refused")).to_contain_text("plusieurs clients")
     expect(page.get_by_role("link", name="map.bin")).to_be_visible()
+    save_screenshot(page.locator("section[aria-labelledby=thread-title]"), "portal-booking-thread")
 
     page.get_by_label("Langue").select_option("th")
     page.get_by_role("button", name="Changer").click()
     expect(page.locator("html")).to_have_attribute("lang", "th")
     expect(page.get_by_role("heading", level=1)).to_have_text("การจอง GYG-1001")
-    page.screenshot(path=str(tmp_path / "booking-th.png"), full_page=True)
+    save_screenshot(page, "portal-booking-th")
 
     page.get_by_label("สิ่งที่ลูกค้าแจ้ง").fill("ลูกค้าป่วย")
     page.get_by_role("button", name="ลูกค้าขอยกเลิก").click()
@@ -135,7 +137,7 @@ def test_keyboard_only(mailveil: Mailveil, sink: Sink, browser: Browser) -> None
     assert outline == "solid"
 
 
-def test_phone_width(mailveil: Mailveil, sink: Sink, browser: Browser, tmp_path: Path) -> None:
+def test_phone_width(mailveil: Mailveil, sink: Sink, browser: Browser) -> None:
     conversation(mailveil)
     page = _page(browser, mailveil, viewport={"width": 390, "height": 844}, is_mobile=True,
                  has_touch=True, device_scale_factor=2)
@@ -149,4 +151,4 @@ def test_phone_width(mailveil: Mailveil, sink: Sink, browser: Browser, tmp_path:
     expect(page.locator("button[data-copy]")).to_be_visible()
     box = page.locator("button[data-copy]").bounding_box()
     assert box is not None and box["height"] >= 44  # a finger's target
-    page.screenshot(path=str(tmp_path / "booking-phone.png"), full_page=True)
+    save_screenshot(page, "portal-booking-phone")

@@ -7,11 +7,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, sync_playwright
 
 from tests.conftest import Mailveil
 
 CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 
@@ -31,3 +32,10 @@ def open_page(browser: Browser, mv: Mailveil, **options: object) -> Page:
                                   **options)  # type: ignore[arg-type]
     context.set_default_timeout(15_000)
     return context.new_page()
+
+
+def save_screenshot(target: Page | Locator, name: str) -> None:
+    """The README shows the pages as the tests last saw them: ``docs/screenshots/`` is committed,
+    so a change in how a page looks shows up in review. The visible part only (a page's
+    viewport, a locator's box) keeps each file small."""
+    target.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
