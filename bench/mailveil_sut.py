@@ -61,6 +61,7 @@ class Mailveil(System):
         if fill_bookings:
             self.name += f"+{fill_bookings}"
         self.data_dir = workdir / self.name
+        self.smtp_port = self.port  # mailveil's listener; another port with an MTA in front
         self.http_port = free_port()
         self.procs: list[subprocess.Popen[bytes]] = []
         self.db_name = ""
@@ -81,7 +82,7 @@ class Mailveil(System):
                 "MAILVEIL_DATA_DIR": str(self.data_dir),
                 "MAILVEIL_DATABASE_URL": self._url(),
                 "MAILVEIL_RELAY_DOMAIN": RELAY_DOMAIN,
-                "MAILVEIL_SMTP_LISTEN": f"127.0.0.1:{self.port}",
+                "MAILVEIL_SMTP_LISTEN": f"127.0.0.1:{self.smtp_port}",
                 "MAILVEIL_HTTP_LISTEN": f"127.0.0.1:{self.http_port}",
                 "MAILVEIL_SMARTHOST": f"127.0.0.1:{self.sink_port}",
                 "MAILVEIL_API_TOKEN": TOKEN,
@@ -109,7 +110,7 @@ class Mailveil(System):
                 stderr=subprocess.STDOUT,
                 env={**env, "PYTHONPATH": str(REPO),
                      "BENCH_SQLCOUNT_FILE": str(self.data_dir / f"sql-{i}.json")}))
-        wait_for_port(self.port, procs=tuple(self.procs))
+        wait_for_port(self.smtp_port, procs=tuple(self.procs))
         wait_for_port(self.http_port, procs=tuple(self.procs))
         self._envelopes = self._register()
 
@@ -160,6 +161,10 @@ class Mailveil(System):
         return total
 
     def roots(self) -> list[int]:
+        return self.mailveil_pids()
+
+    def mailveil_pids(self) -> list[int]:
+        """mailveil's own processes, in the order of :attr:`role_names` (for py-spy)."""
         return [p.pid for p in self.procs]
 
     @property

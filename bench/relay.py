@@ -1,7 +1,9 @@
-"""Relay benchmark: the same load through a naive relay, Postfix and mailveil, on loopback.
+"""Relay benchmark: the same load through a naive relay, Postfix, mailveil and Postfix in
+front of mailveil (the production shape, deploy/postfix/), on loopback.
 
     .venv/bin/python -m bench.relay [--sizes 2k,100k,5m] [--messages N] [--concurrency C]
-        [--systems naive,postfix,mailveil-sqlite,mailveil-pg] [--fill-bookings N] [--quick]
+        [--systems naive,postfix,mailveil-sqlite,mailveil-pg,postfix-mailveil-pg]
+        [--fill-bookings N] [--quick]
 
 ``--messages`` is the count for the smallest size; 100k gets a quarter of it and 5m a
 fiftieth (at least 10; 2 with --quick). Figures go to bench/results/<timestamp>.json and .png.
@@ -25,11 +27,12 @@ from typing import Any
 from bench import report
 from bench.mailveil_sut import Mailveil
 from bench.measure import Phase, Sink
-from bench.postfix import Postfix
+from bench.postfix import Postfix, PostfixMailveil
 from bench.runner import Runner
 from bench.systems import REPO, NaiveRelay, System
 
-SYSTEMS = ("naive", "postfix", "mailveil-sqlite", "mailveil-pg")
+SYSTEMS = ("naive", "postfix", "mailveil-sqlite", "mailveil-pg", "postfix-mailveil-sqlite",
+           "postfix-mailveil-pg")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -88,11 +91,12 @@ def make_systems(args: argparse.Namespace, sink_port: int, workdir: Path) -> lis
         elif name == "postfix":
             out.append(Postfix(sink_port, workdir, args.bookings))
         else:
-            db = "postgresql" if name == "mailveil-pg" else "sqlite"
+            db = "postgresql" if name.endswith("-pg") else "sqlite"
+            kind = PostfixMailveil if name.startswith("postfix-") else Mailveil
             for fill in (0, args.fill_bookings) if args.fill_bookings else (0,):
-                out.append(Mailveil(sink_port, workdir, args.bookings, database=db,
-                                    topology=args.topology, fill_bookings=fill,
-                                    count_sql=args.count_sql))
+                out.append(kind(sink_port, workdir, args.bookings, database=db,
+                                topology=args.topology, fill_bookings=fill,
+                                count_sql=args.count_sql))
     return out
 
 
@@ -144,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
               "RSS sums count shared pages once per process, PSS splits them)")
         print(report.ratio_table(rows, ("delivered_per_s", "cpu_per_msg", "peak_rss",
                                         "peak_pss")))
+    on_top = report.on_top_of_postfix(phases)
+    if on_top:
+        print("\nthe production shape on top of plain Postfix")
+        print("\n".join(on_top))
     fill_rows = report.fill_ratios(phases)
     if fill_rows:
         print("\nfilled database against empty")

@@ -39,7 +39,7 @@ def ratios(phases: list[Phase]) -> list[dict[str, Any]]:
     out = []
     by = {(p.system, p.size): p for p in phases}
     for p in phases:
-        if not p.system.startswith("mailveil"):
+        if "mailveil" not in p.system:
             continue
         for base in BASELINES:
             b = by.get((base, p.size))
@@ -53,6 +53,22 @@ def ratios(phases: list[Phase]) -> list[dict[str, Any]]:
                 "peak_rss": p.peak_rss_mb / max(b.peak_rss_mb, 1e-9),
                 "peak_pss": p.peak_pss_mb / max(b.peak_pss_mb, 1e-9),
             })
+    return out
+
+
+def on_top_of_postfix(phases: list[Phase]) -> list[str]:
+    """What Postfix in front of mailveil costs beside plain Postfix, per size: the operator's
+    question when the MX is already Postfix."""
+    by = {(p.system, p.size): p for p in phases}
+    out = []
+    for p in phases:
+        b = by.get(("postfix", p.size))
+        if not p.system.startswith("postfix-mailveil") or b is None or not b.delivered_per_s:
+            continue
+        out.append(f"{p.system} [{p.size}]: {p.delivered_per_s / b.delivered_per_s:.2f}x "
+                   f"Postfix's delivered/s, +{p.cpu_ms_per_msg - b.cpu_ms_per_msg:.2f} ms CPU "
+                   f"per message ({p.cpu_ms_per_msg:.2f} against {b.cpu_ms_per_msg:.2f}), "
+                   f"+{p.peak_pss_mb - b.peak_pss_mb:.0f} MB peak PSS")
     return out
 
 
@@ -82,7 +98,7 @@ def ratio_table(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> str:
 def write_json(path: Path, meta: dict[str, Any], phases: list[Phase]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {**meta, "phases": [asdict(p) for p in phases], "ratios": ratios(phases),
-           "fill_ratios": fill_ratios(phases)}
+           "on_top_of_postfix": on_top_of_postfix(phases), "fill_ratios": fill_ratios(phases)}
     path.write_text(json.dumps(doc, indent=2) + "\n")
 
 

@@ -116,7 +116,7 @@ class Runner:
         label = f"{system.name}-{size}"
         profiler = self.profiler if profile and isinstance(system, Mailveil) else None
         if profiler is not None:
-            profiler.start(system.roots(), label, getattr(system, "role_names", None))
+            profiler.start(system.mailveil_pids(), label, system.role_names)
         p = await run_phase(system, self.sink, generator(self.args, system.port),
                             self.args.generator, self._next_phase(), size, template, count,
                             self.args.concurrency, self.args.stall)
