@@ -14,7 +14,7 @@ from typing import Any
 
 from bench.mailveil_sut import Mailveil
 from bench.systems import RELAY_DOMAIN, System, free_port
-from tests.support.postfix import POSTCONF, deploy_config
+from tests.support.postfix import POSTCONF, deployed
 from tests.support.postfix import Postfix as Instance
 
 AUTHSERV_ID = "mx.reply.example.com"  # deploy/postfix's checkers
@@ -72,12 +72,11 @@ class PostfixMailveil(Mailveil):
 
     def start(self) -> None:
         super().start()
-        main, services = deploy_config({"25": self.port, "2525": self.smtp_port,
-                                        "10025": self.behind_port, "10040": self.policy_port})
+        settings, services = deployed({"25": self.port, "2525": self.smtp_port,
+                                       "10025": self.behind_port, "10040": self.policy_port},
+                                      self.sink_port)
         self.postfix.start(name="postfix-mx-bench", relay_domain=RELAY_DOMAIN,
-                           next_hop_port=self.smtp_port, services=services,
-                           settings={**main, "default_transport": "smtp",
-                                     "relayhost": f"[127.0.0.1]:{self.sink_port}"})
+                           next_hop_port=self.smtp_port, services=services, settings=settings)
 
     def roots(self) -> list[int]:
         return master_pids(self.postfix) + self.mailveil_pids()

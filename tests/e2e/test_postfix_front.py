@@ -22,7 +22,7 @@ from tests.support import dns as test_dns_server
 from tests.support.client import CUSTOMER, SUPPLIER, archive, mail, register
 from tests.support.dns import DKIM_SELECTOR, SPOOFED_DOMAIN, dkim_key
 from tests.support.net import free_port
-from tests.support.postfix import POSTFIX, Postfix, deploy_config, running_postfix
+from tests.support.postfix import POSTFIX, Postfix, deployed, running_postfix
 from tests.support.sink import Sink
 
 CLIENT = "127.0.0.2"  # the sender's server, as Postfix sees it (and forwards it to mailveil)
@@ -54,12 +54,10 @@ def postfix(mailveil: Mailveil, sink: Sink, ports: dict[str, int]) -> Iterator[P
     to the receiving test server (``relayhost``). ``debug_peer_list`` logs the dialogues."""
     if not Path(POSTFIX).exists():
         pytest.fail(f"{POSTFIX} is missing (make system-packages installs postfix)")
-    main, services = deploy_config({**ports, "2525": mailveil.smtp_port})
+    main, services = deployed({**ports, "2525": mailveil.smtp_port}, sink.port)
     with running_postfix(ports["25"], relay_domain=RELAY_DOMAIN,
                          next_hop_port=mailveil.smtp_port, services=services,
-                         settings={**main, "default_transport": "smtp",
-                                   "relayhost": f"[127.0.0.1]:{sink.port}",
-                                   "debug_peer_list": "127.0.0.1"}) as running:
+                         settings={**main, "debug_peer_list": "127.0.0.1"}) as running:
         yield running
         print(running.log_text()[-12000:])  # shown by pytest only when the test failed
 

@@ -45,6 +45,15 @@ def deploy_config(ports: Mapping[str, int]) -> tuple[dict[str, str], str]:
     return {k: ported(v) for k, v in main.items()}, ported(master) + "\n"
 
 
+def deployed(ports: Mapping[str, int], world_port: int) -> tuple[dict[str, str], str]:
+    """:func:`deploy_config` with what Postfix delivers to the world (what mailveil relays
+    through it) going to 127.0.0.1:``world_port``: the ``settings`` and ``services`` for
+    :meth:`Postfix.start`, whose ``next_hop_port`` is then mailveil's listener."""
+    main, services = deploy_config(ports)
+    return {**main, "default_transport": "smtp",
+            "relayhost": f"[127.0.0.1]:{world_port}"}, services
+
+
 class Postfix:
     """One Postfix instance under ``directory`` (to be made; the postfix user must be able to
     reach it: no parent of mode 0700 but the one made 0755 here), its smtpd on
