@@ -26,12 +26,18 @@ class OutboxState(StrEnum):
     RETURNED = "returned"  # a bounce came back; processing owes the sender a notice
     FAILED = "failed"  # given up and explained, or parked after an unexpected error
     BOUNCED = "bounced"  # returned and explained
+    HELD = "held"  # a review request kept for care (domain/review.py): released or refused
+    REFUSED = "refused"  # care refused a held copy; processing owes the sender a notice
+    WITHHELD = "withheld"  # refused and explained: never sent
 
 
 class OutboxKind(StrEnum):
     RELAY = "relay"  # a relayed copy for the other party
     NOTICE = "notice"  # a refusal notice for the sender (never explained by another one)
 
+
+OUTBOX_STARTS: frozenset[OutboxState] = frozenset({OutboxState.QUEUED, OutboxState.HELD})
+"""The states a new outbox row may be written in."""
 
 INBOUND_MOVES: Mapping[InboundState, frozenset[InboundState]] = {
     InboundState.RECEIVED: frozenset({InboundState.PROCESSED, InboundState.FAILED}),
@@ -46,18 +52,23 @@ OUTBOX_MOVES: Mapping[OutboxState, frozenset[OutboxState]] = {
     # The notice is written (or nobody may be told, or composing it failed).
     OutboxState.UNDELIVERABLE: frozenset({OutboxState.FAILED}),
     OutboxState.RETURNED: frozenset({OutboxState.BOUNCED, OutboxState.FAILED}),
+    # Care's decision on a held copy: released as composed, or refused.
+    OutboxState.HELD: frozenset({OutboxState.QUEUED, OutboxState.REFUSED}),
+    OutboxState.REFUSED: frozenset({OutboxState.WITHHELD, OutboxState.FAILED}),
 }
 
 OWES_NOTICE: Mapping[OutboxState, OutboxState] = {
     OutboxState.UNDELIVERABLE: OutboxState.FAILED,
     OutboxState.RETURNED: OutboxState.BOUNCED,
+    OutboxState.REFUSED: OutboxState.WITHHELD,
 }
 """The states in which the sender is owed a notice, and where each goes once it is written."""
 
 
 OUTBOX_AT_WORK: frozenset[OutboxState] = frozenset({
-    OutboxState.QUEUED, *OWES_NOTICE})
-"""The states a runner still acts on by itself: retention leaves these rows alone."""
+    OutboxState.QUEUED, OutboxState.HELD, *OWES_NOTICE})
+"""The states a runner (or care, for a held copy) still acts on: retention leaves these rows
+alone."""
 
 S = TypeVar("S", InboundState, OutboxState)
 

@@ -13,6 +13,7 @@ class Outcome(StrEnum):
     REFUSED_EXPIRED = "refused_expired"  # conversation window closed
     REFUSED_TOO_LARGE = "refused_too_large"  # attachments above the limit
     REFUSED_TOO_COMPLEX = "refused_too_complex"  # over its CPU budget: parked, sender told
+    REFUSED_REVIEW = "refused_review"  # a held review request care refused (domain/review.py)
     BOUNCE_RECORDED = "bounce_recorded"  # a DSN for one of our outgoing messages
     FAILED = "failed"  # processing crashed; set aside for a human, never dropped
 

@@ -47,8 +47,8 @@ class Explanation:
     code, enhanced status and a diagnostic that reveals nothing, short enough that the
     Diagnostic-Code line never folds) and part 1's msgids for people, translated when a
     notice is built. Placeholders: ``{url}`` (contact form), ``{size}`` (MB of attachments
-    allowed), ``{days}`` (grace days; an ``explanation`` pair is counted by them) and
-    ``{address}`` (the relay address written to)."""
+    allowed), ``{days}`` (grace days; an ``explanation`` pair is counted by them),
+    ``{address}`` (the relay address written to) and ``{platform}`` (the platform's name)."""
 
     code: int
     status: str
@@ -148,6 +148,17 @@ REFUSALS: tuple[Refusal, ...] = (
            "would need (for example a header of thousands of lines, or thousands of parts)."),
         N_("Please send it again in a simpler form, for example as plain text with your "
            "documents attached. If you need help, please use our contact form: {url}"))),
+    # The FAQ: reviews on the platform only; held for care, which refused it.
+    Refusal(Outcome.REFUSED_REVIEW, Explanation(
+        550, "5.7.1", "Review request refused by policy",
+        N_("Request for a review on another site"),
+        # TRANSLATORS: {platform} is the marketplace's name, e.g. Tourly.
+        N_("Your message asks the customer for a review on another site. Reviews of bookings "
+           "made on {platform} are collected on {platform} only, so our care team did not "
+           "deliver it."),
+        N_("You may send your message again without that request; the customer is invited to "
+           "review the activity on {platform}. If you have a question, please use our contact "
+           "form: {url}"))),
 )
 """Every refusal told by mail, one row each (``tests/mail/test_notices.py`` checks that
 each ``refused_*`` outcome has exactly one)."""
@@ -239,7 +250,7 @@ def _why(n: Notice, t: NullTranslations) -> tuple[str, str, str]:
     """Title, explanation and what to do next, worded after the seed help pages."""
     said = _said(n)
     values = {"url": n.contact_form_url, "size": n.max_attachment_mb, "days": n.grace_days,
-              "address": n.final_recipient}
+              "address": n.final_recipient, "platform": n.platform_name}
     explanation = (t.ngettext(*said.explanation, n.grace_days)
                    if isinstance(said.explanation, tuple) else t.gettext(said.explanation))
     return (t.gettext(said.title), explanation.format(**values),

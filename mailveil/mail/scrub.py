@@ -70,6 +70,12 @@ def may_name_address(text: str) -> bool:
     return _MAY_SPELL_AN_ADDRESS.search(text) is not None
 
 
+def unveiled(text: str) -> str:
+    """``text`` as a reader sees it: entities and percent escapes decoded, Unicode NFKC,
+    invisible characters removed (for matching, e.g. review requests; never sent)."""
+    return _VEILED.sub(lambda m: _shown(m.group(0)), text)
+
+
 def scrub_bytes(data: bytes, replacements: Mapping[str, str]) -> bytes:
     """Scrub bytes of unknown charset; latin-1 maps each byte to one char, so the rest is kept."""
     return scrub_text(data.decode("latin-1"), replacements).encode("latin-1", "replace")

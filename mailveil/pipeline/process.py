@@ -29,7 +29,9 @@ from sqlalchemy.orm import Session
 
 from mailveil.budget import CPU_SECONDS, TooExpensive, cpu_budget
 from mailveil.delivery.transport import Status
+from mailveil.domain import review
 from mailveil.domain.addresses import AddressBook, Kind, Role, new_bounce_token
+from mailveil.domain.review import ReviewAction, ReviewPolicy
 from mailveil.domain.states import OWES_NOTICE, OutboxKind, OutboxState
 from mailveil.domain.threading import IdPair
 from mailveil.domain.verdicts import Outcome, SenderCheck
@@ -37,10 +39,12 @@ from mailveil.mail.bounces import BounceReport, parse_report
 from mailveil.mail.inspect import MessageFacts, facts
 from mailveil.mail.mime import header_block
 from mailveil.mail.notices import UndeliverableCause
+from mailveil.mail.reading import seen_text
 from mailveil.metrics import DECIDED, ERRORS, LIMIT_REFUSED
 from mailveil.pipeline import compose
 from mailveil.pipeline.rules import Context, Recipient, decide, may_notify
 from mailveil.smtp.limits import Limits, Rate
+from mailveil.store import care, webhooks
 from mailveil.store import limits as limits_store
 from mailveil.store import repository as repo
 from mailveil.store.batch import write_batch
@@ -62,6 +66,8 @@ class Pipeline:
     holder: str | None = None  # the worker leases name (store/workers.py)
     cpu_budget: float = CPU_SECONDS  # per message, see mailveil/budget.py
     notice_rate: Rate = Limits().notices  # per party of a conversation: a loop guard
+    review: ReviewPolicy = field(default_factory=ReviewPolicy)  # review requests: flag or hold
+    webhooks: bool = False  # whether events for the marketplace are queued
 
 
 @dataclass
@@ -102,6 +108,8 @@ class Result:
     pairs: list[tuple[int, IdPair]] = field(default_factory=list)
     # VERP tokens, matched when written, with what the bounce says (None: not a bounce)
     bounces: list[tuple[str, BounceReport | None]] = field(default_factory=list)
+    # Review requests for care, with their booking's reference for the webhook event.
+    flags: list[tuple[care.NewFlag, str]] = field(default_factory=list)
     error: str | None = None
 
     @classmethod
@@ -263,19 +271,26 @@ class Processor:
             now=now, grace=self._p.voice.grace, book=self._p.book,
         )
         told: set[Outcome] = set()
+        flagged = _Reviewer(message.raw, self._p.review)
         for d in decide(ctx, recipients):
             r = d.recipient
-            result.archive.append(repo.ArchiveEntry(message.id, r.booking_id, r.role.other,
-                                                    info.subject, d.outcome, d.rule))
+            flag = flagged(r) if d.outcome is Outcome.RELAYED else None
+            result.archive.append(repo.ArchiveEntry(
+                message.id, r.booking_id, r.role.other, info.subject, d.outcome,
+                d.rule if flag is None else _flag_detail(flag)))
             if d.outcome is Outcome.RELAYED:
-                self._relay(result, info, r, known)
+                self._relay(result, info, r, known, held=flag is not None and flag.held)
+                if flag is not None:
+                    result.flags.append((care.NewFlag(message.id, r.booking_id, flag.held,
+                                                      flag.found), r.booking.reference))
             elif d.outcome not in told and self._may_notify(message.mail_from, info, r):
                 told.add(d.outcome)
                 result.outbound.append(notice_copy(self._p, message.id, message.raw, info, r,
                                                    d.outcome, None, now))
         return result
 
-    def _relay(self, result: Result, info: MessageFacts, r: Recipient, known: Known) -> None:
+    def _relay(self, result: Result, info: MessageFacts, r: Recipient, known: Known,
+               held: bool = False) -> None:
         relayed = compose.relay_copy(
             result.message.raw, info, r.booking, r.role, known.pairs[r.booking_id],
             self._p.book, self._p.voice,
@@ -291,6 +306,7 @@ class Processor:
             mail_from=self._p.book.bounce_address(token),
             rcpt_to=r.booking.party(r.role).email, message_id=relayed.message_id,
             raw=relayed.raw, steps=relayed.steps,
+            state=OutboxState.HELD if held else OutboxState.QUEUED,
         ))
 
     def _may_notify(self, mail_from: str, info: MessageFacts, recipient: Recipient) -> bool:
@@ -316,6 +332,13 @@ class Processor:
         repo.add_archive_entries(s, [e for r in results for e in r.archive], now)
         repo.add_id_pairs(s, [p for r in results for p in r.pairs])
         repo.queue_outbounds(s, [o for r in results for o in r.outbound], now)
+        flags = [f for r in results for f in r.flags]
+        care.add_flags(s, [flag for flag, _ in flags], now)
+        for flag, reference in flags if self._p.webhooks else ():
+            webhooks.emit(s, "review.flagged", {
+                "booking_reference": reference, "message": flag.inbound_id,
+                "action": (ReviewAction.HOLD if flag.held else ReviewAction.FLAG).value,
+                "found": list(flag.found)}, now)
         for entry in (e for r in results for e in r.archive):
             DECIDED.labels(outcome=entry.outcome).inc()
 
@@ -357,14 +380,38 @@ class Processor:
         assert owed.recipient_role is not None
         info = facts(original.raw)
         recipient = Recipient(owed.rcpt_to, stored.id, stored.booking, owed.recipient_role)
-        cause = UndeliverableCause(owed.cause)
+        # Refused by care (a held review request), or undeliverable for a known cause.
+        outcome, cause = ((Outcome.REFUSED_REVIEW, None) if owed.state is OutboxState.REFUSED
+                          else (Outcome.REFUSED_UNDELIVERABLE, UndeliverableCause(owed.cause)))
         done.archive.append(repo.ArchiveEntry(original.id, stored.id, recipient.role.other,
-                                              info.subject, Outcome.REFUSED_UNDELIVERABLE,
-                                              cause))
+                                              info.subject, outcome, cause or owed.cause))
         if self._may_notify(original.mail_from, info, recipient):
             done.notice = notice_copy(self._p, original.id, original.raw, info, recipient,
-                                      Outcome.REFUSED_UNDELIVERABLE, cause, now)
+                                      outcome, cause, now)
         return done
+
+
+class _Reviewer:
+    """Whether a relayed copy is a review request, reading the message's text at most once
+    (most messages are not from a supplier to a customer, and are never read)."""
+
+    def __init__(self, raw: bytes, policy: ReviewPolicy) -> None:
+        self._raw, self._policy = raw, policy
+        self._flag: review.Flag | None = None
+        self._read = False
+
+    def __call__(self, recipient: Recipient) -> review.Flag | None:
+        if not review.checked(recipient.role):
+            return None
+        if not self._read:
+            self._flag, self._read = review.flag(seen_text(self._raw), self._policy), True
+        return self._flag
+
+
+def _flag_detail(flag: review.Flag) -> str:
+    """What the archive says of a flagged copy: care's queue has the rest."""
+    action = "held for care" if flag.held else "flagged for care"
+    return f"{action}: review request ({'; '.join(flag.found)})"
 
 
 def _record_bounce(s: Session, message: repo.Claimed, token: str,

@@ -7,14 +7,16 @@ refuses UPDATE and DELETE on it besides (migration 0013).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from mailveil.domain.addresses import AddressBook, Kind, Role
+from mailveil.store import repository as repo
 from mailveil.store.models import (
     ArchiveEntryRow,
     AttemptRow,
@@ -28,6 +30,7 @@ from mailveil.store.models import (
     InboundRow,
     MessageIdRow,
     OutboundRow,
+    ReviewFlagRow,
     SupplierRow,
 )
 from mailveil.store.portal import CancellationState, token_hash
@@ -201,6 +204,12 @@ def outbound_of(s: Session, booking_id: int, outbound_id: int) -> OutboundRow | 
 class QueueKind(StrEnum):
     TICKET = "ticket"  # left on the contact form
     CANCELLATION = "cancellation"  # a request the customer declined or left unanswered
+    REVIEW = "review"  # a supplier's message asking for a review elsewhere (domain/review.py)
+
+
+class ReviewState(StrEnum):
+    FLAGGED = "flagged"  # delivered; care looks and closes it with a note
+    HELD = "held"  # its copies wait: care releases or refuses it
 
 
 @dataclass(frozen=True)
@@ -209,8 +218,9 @@ class QueueItem:
     id: int
     reference: str
     at: datetime
-    summary: str  # what the party wrote: a ticket's message, a request's reason
+    summary: str  # what the party wrote: a ticket's message, a request's reason, a Subject
     state: str
+    found: tuple[str, ...] = ()  # a review request's matched pieces of text
 
 
 def queue(s: Session, now: datetime) -> list[QueueItem]:
@@ -232,16 +242,74 @@ def queue(s: Session, now: datetime) -> list[QueueItem]:
                         CancellationState.UNANSWERED.value
                         if c.state == CancellationState.REQUESTED.value else c.state)
               for c, ref in requests]
+    items += _reviews(s)
     return sorted((i for i in items if (i.kind.value, i.id) not in closed),
                   key=lambda i: i.at)
 
 
+def _reviews(s: Session) -> list[QueueItem]:
+    subject = (select(ArchiveEntryRow.subject)
+               .where(ArchiveEntryRow.inbound_id == ReviewFlagRow.inbound_id,
+                      ArchiveEntryRow.booking_id == ReviewFlagRow.booking_id)
+               .order_by(ArchiveEntryRow.id).limit(1).correlate(ReviewFlagRow).scalar_subquery())
+    flags = s.execute(select(ReviewFlagRow, BookingRow.reference, subject)
+                      .join(BookingRow, BookingRow.id == ReviewFlagRow.booking_id)).all()
+    return [QueueItem(QueueKind.REVIEW, f.id, ref, f.created_at, subj or "",
+                      (ReviewState.HELD if f.held else ReviewState.FLAGGED).value,
+                      tuple(f.found))
+            for f, ref, subj in flags]
+
+
 def close(s: Session, kind: QueueKind, item_id: int, agent_id: int, note: str,
           now: datetime) -> bool:
-    """Close an open item once; ``False`` when it is not in the queue."""
-    if not any(i.kind is kind and i.id == item_id for i in queue(s, now)):
+    """Close an open item once; ``False`` when it is not in the queue, or is a held review
+    request (those are released or refused, :func:`decide_held`)."""
+    if not any(i.kind is kind and i.id == item_id and i.state != ReviewState.HELD
+               for i in queue(s, now)):
         return False
+    _closed(s, kind, item_id, agent_id, note, now)
+    return True
+
+
+def _closed(s: Session, kind: QueueKind, item_id: int, agent_id: int, note: str,
+            now: datetime) -> None:
     s.add(CareClosureRow(kind=kind.value, item_id=item_id, agent_id=agent_id, note=note,
                          closed_at=now))
     s.flush()
-    return True
+
+
+@dataclass(frozen=True)
+class NewFlag:
+    inbound_id: int
+    booking_id: int
+    held: bool
+    found: tuple[str, ...]
+
+
+def add_flags(s: Session, flags: Sequence[NewFlag], now: datetime) -> None:
+    """Written by processing with the batch the flagged messages are part of."""
+    if flags:
+        s.connection().execute(insert(ReviewFlagRow), [
+            {"inbound_id": f.inbound_id, "booking_id": f.booking_id, "held": f.held,
+             "found": list(f.found), "created_at": now} for f in flags])
+
+
+REFUSED_BY_CARE = "refused by care: a review request elsewhere"
+
+
+def decide_held(s: Session, flag_id: int, release: bool, agent_id: int, note: str,
+                now: datetime) -> ReviewFlagRow | None:
+    """Release a held review request (its copies go as composed) or refuse it (its sender
+    is told by the next processing round), and close it; None when it is not an open held
+    item, or another agent decided first."""
+    flag = s.get(ReviewFlagRow, flag_id)
+    closed = s.scalar(select(CareClosureRow.id).where(
+        CareClosureRow.kind == QueueKind.REVIEW.value, CareClosureRow.item_id == flag_id))
+    if flag is None or not flag.held or closed is not None:
+        return None
+    moved = (repo.release_held(s, flag.inbound_id, flag.booking_id, now) if release else
+             repo.refuse_held(s, flag.inbound_id, flag.booking_id, REFUSED_BY_CARE, now))
+    if not moved:
+        return None
+    _closed(s, QueueKind.REVIEW, flag_id, agent_id, note, now)
+    return flag

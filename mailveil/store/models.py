@@ -356,10 +356,25 @@ class CareClosureRow(Base):
     __tablename__ = "care_closures"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    kind: Mapped[str] = mapped_column(String(16))  # ticket | cancellation
+    kind: Mapped[str] = mapped_column(String(16))  # ticket | cancellation | review
     item_id: Mapped[int]
     agent_id: Mapped[int] = mapped_column(ForeignKey("care_agents.id"))
     note: Mapped[str] = mapped_column(Text)
     closed_at: Mapped[datetime]
 
     __table_args__ = (UniqueConstraint("kind", "item_id"),)
+
+
+class ReviewFlagRow(Base):
+    """A supplier's message to one booking's customer that asks for a review elsewhere
+    (mailveil/domain/review.py), in care's queue until an agent closes it (care_closures,
+    kind ``review``); ``held``: its copies wait in the outbox as ``held`` meanwhile."""
+
+    __tablename__ = "review_flags"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    inbound_id: Mapped[int] = mapped_column(ForeignKey("inbound_messages.id"), index=True)
+    booking_id: Mapped[int] = mapped_column(ForeignKey("bookings.id"), index=True)
+    held: Mapped[bool]
+    found: Mapped[list[str]] = mapped_column(JSON)  # the pieces of text that matched
+    created_at: Mapped[datetime]

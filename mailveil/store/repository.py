@@ -24,6 +24,7 @@ from mailveil.domain.booking import Booking, BookingStatus, Party
 from mailveil.domain.states import (
     INBOUND_MOVES,
     OUTBOX_MOVES,
+    OUTBOX_STARTS,
     OWES_NOTICE,
     InboundState,
     OutboxKind,
@@ -367,6 +368,7 @@ class NewOutbound:
     message_id: str
     raw: bytes
     steps: tuple[str, ...] | None = None  # a relayed copy's changes (mailveil.mail.steps)
+    state: OutboxState = OutboxState.QUEUED  # HELD: a review request waiting for care
 
 
 def queue_outbounds(s: Session, messages: Sequence[NewOutbound], now: datetime) -> list[int]:
@@ -378,12 +380,14 @@ def queue_outbounds(s: Session, messages: Sequence[NewOutbound], now: datetime) 
 
 
 def _outbound_values(msg: NewOutbound, now: datetime) -> dict[str, Any]:
+    if msg.state not in OUTBOX_STARTS:
+        raise ValueError(f"an outbox row cannot start as {msg.state}")
     return {"inbound_id": msg.inbound_id, "booking_id": msg.booking_id, "kind": msg.kind,
             "recipient_role": msg.recipient_role.value if msg.recipient_role else None,
             "bounce_token": msg.bounce_token, "mail_from": msg.mail_from,
             "rcpt_to": msg.rcpt_to, "message_id": msg.message_id, "raw": msg.raw,
             "steps": None if msg.steps is None else list(msg.steps),
-            "sha256": sha256_of(msg.raw), "state": OutboxState.QUEUED, "attempts": 0,
+            "sha256": sha256_of(msg.raw), "state": msg.state, "attempts": 0,
             "next_attempt_at": now, "created_at": now}
 
 
@@ -503,6 +507,34 @@ def park_outbound(s: Session, outbound_id: int, error: str, now: datetime) -> bo
         add_archive_entry(s, ArchiveEntry(inbound_id, booking_id, None, "", Outcome.FAILED,
                                           f"outgoing copy {outbound_id}: {error}"), now)
     return True
+
+
+_OF_MESSAGE = (OutboundRow.inbound_id == bindparam("inbound_id"),
+               OutboundRow.booking_id == bindparam("booking_id"))
+_RELEASE_HELD = (update(OutboundRow).where(
+    *_OF_MESSAGE, OutboundRow.state.in_(sources(OUTBOX_MOVES, OutboxState.QUEUED)))
+                 .values(state=OutboxState.QUEUED, next_attempt_at=bindparam("now"))
+                 .returning(OutboundRow.id))
+_REFUSE_HELD = (update(OutboundRow).where(
+    *_OF_MESSAGE, OutboundRow.state.in_(sources(OUTBOX_MOVES, OutboxState.REFUSED)))
+                .values(state=OutboxState.REFUSED, last_error=bindparam("why"),
+                        finished_at=bindparam("now"))
+                .returning(OutboundRow.id))
+
+
+def release_held(s: Session, inbound_id: int, booking_id: int, now: datetime) -> list[int]:
+    """Care lets the held copies of a message for a booking go, as they were composed; the
+    ids of those it moved (none: another agent decided first)."""
+    return list(s.connection().scalars(_RELEASE_HELD, {"inbound_id": inbound_id,
+                                                       "booking_id": booking_id, "now": now}))
+
+
+def refuse_held(s: Session, inbound_id: int, booking_id: int, why: str,
+                now: datetime) -> list[int]:
+    """Care refuses the held copies: processing then owes their sender a notice."""
+    return list(s.connection().scalars(_REFUSE_HELD, {"inbound_id": inbound_id,
+                                                      "booking_id": booking_id,
+                                                      "why": why[:2000], "now": now}))
 
 
 @dataclass(frozen=True)

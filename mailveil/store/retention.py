@@ -24,6 +24,7 @@ from mailveil.store.models import (
     InboundRow,
     OutboundRow,
     QuarantineRow,
+    ReviewFlagRow,
 )
 from mailveil.store.repository import sha256_of
 
@@ -68,6 +69,7 @@ def purge(s: Session, policy: Retention, now: datetime) -> Purged:
     records = _deleted(s, OutboundRow, OutboundRow.id.in_(old_outbound))
     s.execute(delete(ArchiveEntryRow).where(ArchiveEntryRow.inbound_id.in_(old_inbound)))
     s.execute(delete(QuarantineRow).where(QuarantineRow.inbound_id.in_(old_inbound)))
+    s.execute(delete(ReviewFlagRow).where(ReviewFlagRow.inbound_id.in_(old_inbound)))
     records += _deleted(s, InboundRow, InboundRow.id.in_(old_inbound))
     return Purged(bodies, records)
 

@@ -6,6 +6,7 @@ from mailveil.domain.states import (
     INBOUND_MOVES,
     OUTBOX_AT_WORK,
     OUTBOX_MOVES,
+    OUTBOX_STARTS,
     OWES_NOTICE,
     InboundState,
     OutboxState,
@@ -24,8 +25,14 @@ def reachable(moves: dict[OutboxState, frozenset[OutboxState]], start: OutboxSta
     return seen
 
 
-def test_every_outbox_state_is_reachable_from_queued() -> None:
-    assert reachable(dict(OUTBOX_MOVES), OutboxState.QUEUED) == set(OutboxState)
+def test_every_outbox_state_is_reachable_from_a_start() -> None:
+    assert set().union(*(reachable(dict(OUTBOX_MOVES), start)
+                         for start in OUTBOX_STARTS)) == set(OutboxState)
+
+
+def test_a_held_copy_is_released_to_the_queue_or_refused_and_explained() -> None:
+    assert OUTBOX_MOVES[OutboxState.HELD] == {OutboxState.QUEUED, OutboxState.REFUSED}
+    assert OWES_NOTICE[OutboxState.REFUSED] is OutboxState.WITHHELD
 
 
 def test_every_inbound_state_is_reachable_from_received() -> None:
@@ -48,4 +55,4 @@ def test_retention_leaves_alone_every_state_a_runner_still_moves_on_its_own() ->
 def test_sources_reads_the_table_backwards() -> None:
     assert set(sources(OUTBOX_MOVES, OutboxState.RETURNED)) == {OutboxState.QUEUED,
                                                                  OutboxState.DELIVERED}
-    assert sources(OUTBOX_MOVES, OutboxState.QUEUED) == ()
+    assert sources(OUTBOX_MOVES, OutboxState.QUEUED) == (OutboxState.HELD,)

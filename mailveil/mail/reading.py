@@ -1,0 +1,42 @@
+"""The text a reader of a message sees, as one string to match words and links against
+(review requests, :mod:`mailveil.domain.review`): the Subject and every text part that is
+not an attachment, decoded from its transfer encoding and charset, HTML once as written
+(its links) and once without tags (its words), then unveiled as the scrubber unveils
+addresses (entities, percent escapes, NFKC, invisible characters). Pure, never raises."""
+
+from __future__ import annotations
+
+import re
+
+from mailveil.budget import spend
+from mailveil.mail import charsets
+from mailveil.mail.mime import Entity, parse, payload
+from mailveil.mail.scrub import unveiled
+
+_TAG = re.compile(r"<[^<>]*>")
+
+
+def seen_text(raw: bytes) -> str:
+    """Subject and readable text parts of ``raw``, one per line, as a reader sees them."""
+    root = parse(raw)
+    subject = root.get("subject")
+    pieces = [subject.decoded if subject is not None else ""]
+    for entity in root.walk():
+        if entity.multipart or entity.maintype != "text" or entity.is_attachment:
+            continue
+        spend()
+        text = _decoded(entity)
+        pieces.append(text)
+        if entity.content_type == "text/html":
+            pieces.append(_TAG.sub("", text))
+    return unveiled("\n".join(pieces))
+
+
+def _decoded(entity: Entity) -> str:
+    """A charset the relay does not decode is read as UTF-8, as the scrubber falls back."""
+    declared = charsets.codec(entity.param("charset") or "us-ascii") or "utf-8"
+    data = payload(entity)
+    try:
+        return data.decode(declared)
+    except UnicodeError:
+        return data.decode("utf-8", "replace")
