@@ -34,7 +34,9 @@ def parse_dsn(received: Received) -> tuple[EmailMessage, str, Message]:
     text_part = human.get_body(("plain",)) if human.is_multipart() else human
     assert text_part is not None
     assert status.get_content_type() == "message/delivery-status"
-    per_recipient = status.get_payload()[1]
+    fields = status.get_payload()  # a delivery-status part: the message's, then each recipient's
+    assert isinstance(fields, list) and isinstance(fields[1], Message)
+    per_recipient: Message = fields[1]
     return dsn, text_part.get_content(), per_recipient
 
 

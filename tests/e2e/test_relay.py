@@ -83,7 +83,7 @@ def test_supplier_starts_new_message_with_attachment_byte_identical(
     got = sink.wait_for(1, timeout=60)[0]
     assert got.rcpt_tos == (CUSTOMER,)
     out = message_from_bytes(got.data, policy=policy.default)
-    attachments = list(out.iter_attachments())  # type: ignore[attr-defined]
+    attachments = list(out.iter_attachments())
     assert len(attachments) == 1
     assert attachments[0].get_filename() == "tickets.pdf"
     assert attachments[0].get_content() == payload

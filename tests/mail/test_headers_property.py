@@ -49,7 +49,7 @@ INJECTED_TAIL = (
 TEXT = st.lists(
     st.one_of(
         st.sampled_from(["\r", "\n", "\r\n", "\x00", ":", " ", "\t", "Bcc: v.o.example", "é"]),
-        st.characters(blacklist_categories=("Cs",), blacklist_characters="=?@"),
+        st.characters(exclude_categories=["Cs"], exclude_characters="=?@"),
     ),
     max_size=40,
 ).map("".join)

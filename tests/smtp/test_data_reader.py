@@ -356,7 +356,12 @@ def test_shutting_down_mid_data_answers_the_message_first(server: Server,
                                                           client: Client) -> None:
     client.start_data()
     client.send(MESSAGE)
-    server.call(lambda: [session.shut_down() for session in server.connections.sessions])
+
+    def shut_down_all() -> None:
+        for session in server.connections.sessions:
+            session.shut_down()
+
+    server.call(shut_down_all)
     client.send(b".\r\nNOOP\r\n")
     assert client.replies(3) == [QUEUED, line(replies.S421_SHUTTING_DOWN), b""]
     assert server.handler.messages == [RECEIVED]

@@ -72,7 +72,9 @@ def test_xforward_that_cannot_be_read_is_a_syntax_error(arg: str) -> None:
 def test_the_client_is_the_forwarded_one_with_its_own_helo_or_none() -> None:
     """A client that never said HELO to Postfix has no HELO: Postfix's own name is not its."""
     session = Session(loop=None)  # type: ignore[arg-type]
-    session.peer, session.host_name = ("127.0.0.1", 40000), "postfix.relay.example"
+    # aiosmtpd annotates peer as a str; it holds the transport's peername, a tuple.
+    session.peer = ("127.0.0.1", 40000)  # type: ignore[assignment]
+    session.host_name = "postfix.relay.example"
     envelope = RelayEnvelope()
     assert client_of(session, envelope) == Client("127.0.0.1", "postfix.relay.example", False)
     envelope.client_address = "192.0.2.7"

@@ -61,7 +61,7 @@ def archive(mv: Mailveil, reference: str, count: int, timeout: float = 20) -> li
     while True:
         r = httpx.get(f"{mv.api}/bookings/{reference}/messages", headers=mv.headers)
         assert r.status_code == 200
-        entries = r.json()
+        entries: list[Entry] = r.json()
         if len(entries) >= count or time.monotonic() > deadline:
             return entries
         time.sleep(0.1)
