@@ -37,11 +37,12 @@ def parse_args(argv: list[str] | None) -> tuple[list[int], argparse.Namespace]:
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--quick", action="store_true", help="smoke run")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    p.add_argument("--out", default=str(relay.RESULTS), help="where the JSON goes")
     own = p.parse_args(argv)
     workers = [int(w) for w in own.workers.split(",")]
     forwarded = ["--systems", "mailveil-pg", "--sizes", own.sizes, "--repeat", str(own.repeat),
-                 "--concurrency", str(own.concurrency)] + (["--quick"] if own.quick else []) \
-        + (["--keep"] if own.keep else []) \
+                 "--concurrency", str(own.concurrency), "--out", own.out]
+    forwarded += (["--quick"] if own.quick else []) + (["--keep"] if own.keep else []) \
         + (["--messages", str(own.messages)] if own.messages else [])
     return workers, relay.parse_args(forwarded)
 
