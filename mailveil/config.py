@@ -13,6 +13,8 @@ from datetime import timedelta
 from pathlib import Path
 
 from mailveil.delivery.transport import TlsMode
+from mailveil.domain.review import DEFAULT as DEFAULT_REVIEW_PATTERNS
+from mailveil.domain.review import ReviewAction, ReviewPatterns, ReviewPolicy
 from mailveil.smtp.limits import Limits, Rate, parse_networks, parse_rate
 
 PREFIX = "MAILVEIL_"
@@ -88,6 +90,7 @@ class Settings:
     cancellation_answer_days: int = 14  # how long a customer's confirm/decline links work
     webhook_url: str | None = None  # where events for the marketplace go; None: no events
     webhook_secret: str | None = None  # signs them; None: generated into data_dir
+    review: ReviewPolicy = field(default_factory=ReviewPolicy)  # review requests elsewhere
 
     @property
     def capture_dir(self) -> Path:
@@ -154,6 +157,25 @@ def _prefix(name: str, value: str) -> str:
         raise ConfigError(
             f"{PREFIX}{name}: expected a short lower-case local-part prefix, got {value!r}")
     return value
+
+
+def _review(get: Callable[[str], str | None]) -> ReviewPolicy:
+    """REVIEW_ACTION (flag or hold) and REVIEW_PATTERNS_FILE (one regular expression a
+    line, replacing the defaults of mailveil/domain/review.py)."""
+    action = (get("REVIEW_ACTION") or ReviewAction.FLAG.value).lower()
+    if action not in {a.value for a in ReviewAction}:
+        raise ConfigError(f"{PREFIX}REVIEW_ACTION: expected flag or hold, got {action!r}")
+    patterns = DEFAULT_REVIEW_PATTERNS
+    if (v := get("REVIEW_PATTERNS_FILE")) is not None:
+        try:
+            patterns = ReviewPatterns.parse(Path(v).read_text(encoding="utf-8"))
+        except (OSError, UnicodeError) as exc:
+            raise ConfigError(f"{PREFIX}REVIEW_PATTERNS_FILE: cannot read {v!r}: {exc}") from None
+        except re.error as exc:
+            raise ConfigError(f"{PREFIX}REVIEW_PATTERNS_FILE: {exc.pattern!r}: {exc}") from None
+        if not patterns.sources:
+            raise ConfigError(f"{PREFIX}REVIEW_PATTERNS_FILE: no pattern in {v!r}")
+    return ReviewPolicy(ReviewAction(action), patterns)
 
 
 def from_env(env: Mapping[str, str]) -> Settings:
@@ -307,6 +329,7 @@ def from_env(env: Mapping[str, str]) -> Settings:
         if len(v) < 32:
             raise ConfigError(f"{PREFIX}WEBHOOK_SECRET: use at least 32 characters")
         values["webhook_secret"] = v
+    values["review"] = _review(get)
     s = Settings(**values)  # type: ignore[arg-type]
     if s.retention_metadata < s.retention_body:
         raise ConfigError(f"{PREFIX}RETENTION_DAYS must not be shorter than RETENTION_BODY_DAYS")

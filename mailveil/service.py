@@ -195,7 +195,9 @@ async def run_worker(rt: Runtime) -> None:
     processor = Processor(rt.sessions, Pipeline(book, voice, signer(s), batch=s.worker_batch,
                                                 lease=s.lease, holder=me.holder.id,
                                                 cpu_budget=s.cpu_budget_seconds,
-                                                notice_rate=s.limits.notices))
+                                                notice_rate=s.limits.notices,
+                                                review=s.review,
+                                                webhooks=s.webhook_url is not None))
     policy = Policy(retry_first=s.retry_first, retry_cap=s.retry_max_interval,
                     retry_for=s.retry_for, batch=s.worker_batch, lease=s.lease)
     transports = _transports(s, policy.connections)
