@@ -29,6 +29,7 @@ from mailveil.domain.addresses import AddressBook
 from mailveil.doorbell import Doorbell
 from mailveil.mail import dkim
 from mailveil.mail.banner import BOX_STYLE
+from mailveil.memory import return_large_blocks
 from mailveil.metrics import ERRORS
 from mailveil.pipeline.compose import Voice
 from mailveil.pipeline.process import Pipeline, Processor
@@ -364,6 +365,7 @@ ROLES: dict[str, tuple[Callable[[Runtime], Awaitable[None]], ...]] = {
 
 
 async def run(settings: Settings, role: str) -> None:
+    return_large_blocks()
     rt = open_runtime(settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
