@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -254,6 +254,24 @@ def close_item(kind: store.QueueKind, item_id: int, page: AgentPage, s: DB, csrf
     if not store.close(s, kind, item_id, page.agent.id, note.strip(), datetime.now(UTC)):
         raise HTTPException(404, "no such open item")
     page.audit(s, "close", f"{kind.value} {item_id}: {note.strip()}"[:500])
+    return page.redirect("/care/queue")
+
+
+@router.post("/queue/review/{item_id}/{decision}")
+def decide_held(item_id: int, decision: Literal["release", "refuse"], page: AgentPage, s: DB,
+                csrf: Csrf = "",
+                note: Annotated[str, Form(max_length=MAX_NOTE)] = "") -> Response:
+    """A held review request: released (its copies leave as composed) or refused (the
+    next processing round tells its sender why), with a note, once."""
+    page.check_csrf(csrf)
+    if not note.strip():
+        raise HTTPException(422, "a note is needed to decide on a held message")
+    assert page.agent is not None
+    flag = store.decide_held(s, item_id, decision == "release", page.agent.id, note.strip(),
+                             datetime.now(UTC))
+    if flag is None:
+        raise HTTPException(404, "no such held message")
+    page.audit(s, decision, f"review {item_id} (message {flag.inbound_id}): {note.strip()}"[:500])
     return page.redirect("/care/queue")
 
 
