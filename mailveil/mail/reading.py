@@ -13,6 +13,10 @@ from mailveil.mail import charsets
 from mailveil.mail.mime import Entity, parse, payload
 from mailveil.mail.scrub import unveiled
 
+_BLOCK_TAG = re.compile(
+    r"</?(?:p|div|br|hr|li|ul|ol|tr|td|th|table|h[1-6]|blockquote|section|article|a)\b[^<>]*>",
+    re.IGNORECASE)
+"""Tags that part words for a reader; the others (``<b>``, ``<span>``…) may sit inside one."""
 _TAG = re.compile(r"<[^<>]*>")
 
 
@@ -28,7 +32,7 @@ def seen_text(raw: bytes) -> str:
         text = _decoded(entity)
         pieces.append(text)
         if entity.content_type == "text/html":
-            pieces.append(_TAG.sub("", text))
+            pieces.append(_TAG.sub("", _BLOCK_TAG.sub(" ", text)))
     return unveiled("\n".join(pieces))
 
 

@@ -509,8 +509,8 @@ def park_outbound(s: Session, outbound_id: int, error: str, now: datetime) -> bo
     return True
 
 
-_OF_MESSAGE = (OutboundRow.inbound_id == bindparam("inbound_id"),
-               OutboundRow.booking_id == bindparam("booking_id"))
+_OF_MESSAGE = (OutboundRow.inbound_id == bindparam("of_inbound"),
+               OutboundRow.booking_id == bindparam("of_booking"))
 _RELEASE_HELD = (update(OutboundRow).where(
     *_OF_MESSAGE, OutboundRow.state.in_(sources(OUTBOX_MOVES, OutboxState.QUEUED)))
                  .values(state=OutboxState.QUEUED, next_attempt_at=bindparam("now"))
@@ -525,15 +525,15 @@ _REFUSE_HELD = (update(OutboundRow).where(
 def release_held(s: Session, inbound_id: int, booking_id: int, now: datetime) -> list[int]:
     """Care lets the held copies of a message for a booking go, as they were composed; the
     ids of those it moved (none: another agent decided first)."""
-    return list(s.connection().scalars(_RELEASE_HELD, {"inbound_id": inbound_id,
-                                                       "booking_id": booking_id, "now": now}))
+    return list(s.connection().scalars(_RELEASE_HELD, {"of_inbound": inbound_id,
+                                                       "of_booking": booking_id, "now": now}))
 
 
 def refuse_held(s: Session, inbound_id: int, booking_id: int, why: str,
                 now: datetime) -> list[int]:
     """Care refuses the held copies: processing then owes their sender a notice."""
-    return list(s.connection().scalars(_REFUSE_HELD, {"inbound_id": inbound_id,
-                                                      "booking_id": booking_id,
+    return list(s.connection().scalars(_REFUSE_HELD, {"of_inbound": inbound_id,
+                                                      "of_booking": booking_id,
                                                       "why": why[:2000], "now": now}))
 
 

@@ -40,6 +40,9 @@ _COPY_STATUS = {
     OutboxState.FAILED: Status.UNDELIVERABLE,
     OutboxState.RETURNED: Status.BOUNCED,
     OutboxState.BOUNCED: Status.BOUNCED,
+    OutboxState.HELD: Status.SENDING,  # a review request care has not decided on yet
+    OutboxState.REFUSED: Status.REFUSED,
+    OutboxState.WITHHELD: Status.REFUSED,
 }
 
 
