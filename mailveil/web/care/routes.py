@@ -5,25 +5,24 @@ form, and every agent action written to the audit log."""
 from __future__ import annotations
 
 import mailbox
-import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Request, Response
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy.orm import Session
 
 from mailveil.domain.addresses import AddressBook
 from mailveil.store import care as store
 from mailveil.store.models import BookingRow, CareAgentRow
+from mailveil.web import pages
 from mailveil.web.care import views
-from mailveil.web.portal.routes import SECURITY_HEADERS
-from mailveil.web.sessions import Signer, Visit, new_browser_id
+from mailveil.web.sessions import Signer
 
 HERE = Path(__file__).parent
 COOKIE = "mailveil_care"
@@ -41,21 +40,15 @@ class CareContext:
     platform_name: str
     captured: Path | None = None  # the capture maildir when no smarthost is configured
 
-    @property
-    def secure_cookies(self) -> bool:
-        return self.base_url.startswith("https://")
-
 
 def mint_link(s: Session, base_url: str, agent_id: int, lifetime: timedelta,
               now: datetime) -> tuple[str, datetime]:
-    token = secrets.token_urlsafe(32)
-    expires_at = now + lifetime
-    store.add_link(s, agent_id=agent_id, token=token, now=now, expires_at=expires_at)
-    return f"{base_url}/care/link/{token}", expires_at
+    """A one-time sign-in link for an agent, and when it expires."""
+    return pages.mint_link(f"{base_url}/care", lifetime, now,
+                           partial(store.add_link, s, agent_id=agent_id, now=now))
 
 
-env = Environment(loader=FileSystemLoader(HERE / "templates"),
-                  autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
+env = pages.templates(HERE / "templates")
 
 
 def _ctx(request: Request) -> CareContext:
@@ -72,34 +65,21 @@ DB = Annotated[Session, Depends(_db, scope="function")]
 Csrf = Annotated[str, Form()]
 
 
-class Page:
-    def __init__(self, request: Request) -> None:
-        self.request = request
-        self.ctx = _ctx(request)
-        self.visit = (self.ctx.signer.load(request.cookies.get(COOKIE))
-                      or Visit(new_browser_id()))
-        self.agent: CareAgentRow | None = None
+class Page(pages.Visitor[CareContext]):
+    """One request's visitor of the console, and the agent once known to be signed in."""
 
-    def check_csrf(self, token: str) -> None:
-        if not self.ctx.signer.csrf_ok(self.visit, token):
-            raise HTTPException(403, "missing or wrong CSRF token")
+    cookie, cookie_path, same_site = COOKIE, "/care", "strict"
+
+    def __init__(self, request: Request) -> None:
+        super().__init__(request, _ctx(request))
+        self.agent: CareAgentRow | None = None
 
     def render(self, template: str, status: int = 200, **values: Any) -> Response:
         html = env.get_template(template).render(
             csrf=self.ctx.signer.csrf_token(self.visit), agent=self.agent,
             platform=self.ctx.platform_name, when=_when,
             captured=self.ctx.captured is not None, **values)
-        return self.keep(HTMLResponse(html, status_code=status))
-
-    def redirect(self, to: str) -> Response:
-        return self.keep(RedirectResponse(to, status_code=303))
-
-    def keep(self, response: Response) -> Response:
-        response.set_cookie(COOKIE, self.ctx.signer.dump(self.visit),
-                            max_age=int(self.ctx.signer.lifetime.total_seconds()),
-                            path="/care", httponly=True, samesite="strict",
-                            secure=self.ctx.secure_cookies)
-        return response
+        return self.html(html, status)
 
     def audit(self, s: Session, action: str, subject: str) -> None:
         store.audit(s, self.agent.id if self.agent else None, action, subject,
@@ -257,24 +237,6 @@ def close_item(kind: store.QueueKind, item_id: int, page: AgentPage, s: DB, csrf
     return page.redirect("/care/queue")
 
 
-@router.post("/queue/review/{item_id}/{decision}")
-def decide_held(item_id: int, decision: Literal["release", "refuse"], page: AgentPage, s: DB,
-                csrf: Csrf = "",
-                note: Annotated[str, Form(max_length=MAX_NOTE)] = "") -> Response:
-    """A held review request: released (its copies leave as composed) or refused (the
-    next processing round tells its sender why), with a note, once."""
-    page.check_csrf(csrf)
-    if not note.strip():
-        raise HTTPException(422, "a note is needed to decide on a held message")
-    assert page.agent is not None
-    flag = store.decide_held(s, item_id, decision == "release", page.agent.id, note.strip(),
-                             datetime.now(UTC))
-    if flag is None:
-        raise HTTPException(404, "no such held message")
-    page.audit(s, decision, f"review {item_id} (message {flag.inbound_id}): {note.strip()}"[:500])
-    return page.redirect("/care/queue")
-
-
 def _captured(page: Page) -> mailbox.Maildir:
     if page.ctx.captured is None:
         raise HTTPException(404, "a smarthost is configured: nothing is captured")
@@ -317,11 +279,4 @@ def mount(app: FastAPI, ctx: CareContext) -> None:
     app.state.care = ctx
     app.include_router(router)
     app.mount("/care/static", StaticFiles(directory=HERE / "static"), name="care-static")
-
-    @app.middleware("http")
-    async def _headers(request: Request, call_next: Callable[[Request], Any]) -> Response:
-        response: Response = await call_next(request)
-        if request.url.path.startswith("/care"):
-            for name, value in SECURITY_HEADERS.items():
-                response.headers.setdefault(name, value)
-        return response
+    pages.add_security_headers(app, "/care")

@@ -7,15 +7,14 @@ import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Request, Response
 from fastapi.exception_handlers import http_exception_handler
-from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -25,9 +24,10 @@ from mailveil.store import portal as store
 from mailveil.store import repository as repo
 from mailveil.store import webhooks
 from mailveil.store.models import BookingRow, CancellationRow, SupplierRow
+from mailveil.web import pages
 from mailveil.web.portal import i18n, views
 from mailveil.web.portal.mail import Letter, queue
-from mailveil.web.sessions import COOKIE, Signer, Visit, new_browser_id
+from mailveil.web.sessions import COOKIE, Signer
 from mailveil.web.webhooks import cancellation
 
 HERE = Path(__file__).parent
@@ -36,14 +36,6 @@ TZ_COOKIE = "mailveil_tz"
 MAX_REASON = 1000
 MAX_MESSAGE = 5000
 MAILED_LINKS = 3  # the sign-in form mails at most this many links per link lifetime
-SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
-                               "img-src 'self' data:; form-action 'self'; "
-                               "frame-ancestors 'none'; base-uri 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",  # the one-time links are in the URL
-    "Cache-Control": "no-store",
-}
 
 
 @dataclass(frozen=True)
@@ -59,23 +51,15 @@ class PortalContext:
     sign: Callable[[bytes], bytes]  # DKIM, like every mail that leaves
     webhooks: bool = False  # MAILVEIL_WEBHOOK_URL is set: tell the marketplace every step
 
-    @property
-    def secure_cookies(self) -> bool:
-        return self.base_url.startswith("https://")
-
 
 def mint_link(s: Session, base_url: str, supplier_id: str, lifetime: timedelta,
               now: datetime) -> tuple[str, datetime]:
     """A one-time sign-in link for a supplier, and when it expires."""
-    token = secrets.token_urlsafe(32)
-    expires_at = now + lifetime
-    store.add_link(s, supplier_id=supplier_id, token=token, now=now, expires_at=expires_at)
-    return f"{base_url}/portal/link/{token}", expires_at
+    return pages.mint_link(f"{base_url}/portal", lifetime, now,
+                           partial(store.add_link, s, supplier_id=supplier_id, now=now))
 
 
-_env = Environment(loader=FileSystemLoader(HERE / "templates"),
-                   autoescape=select_autoescape(["html"]), trim_blocks=True,
-                   lstrip_blocks=True)
+_env = pages.templates(HERE / "templates")
 
 
 def _ctx(request: Request) -> PortalContext:
@@ -91,14 +75,13 @@ def _db(request: Request) -> Iterator[Session]:
 DB = Annotated[Session, Depends(_db, scope="function")]
 
 
-class Page:
+class Page(pages.Visitor[PortalContext]):
     """One request's visitor: their cookie, language and time zone, and how to answer."""
 
+    cookie, cookie_path, same_site = COOKIE, "/portal", "lax"
+
     def __init__(self, request: Request) -> None:
-        self.request = request
-        self.ctx = _ctx(request)
-        self.visit = (self.ctx.signer.load(request.cookies.get(COOKIE))
-                      or Visit(new_browser_id()))
+        super().__init__(request, _ctx(request))
         self.tz = i18n.zone(request.cookies.get(TZ_COOKIE))
         self.account_locale: str | None = None
 
@@ -110,10 +93,6 @@ class Page:
     def when(self, moment: datetime) -> str:
         return i18n.when(moment, self.language, self.tz)
 
-    def check_csrf(self, token: str) -> None:
-        if not self.ctx.signer.csrf_ok(self.visit, token):
-            raise HTTPException(403, "csrf")
-
     def render(self, template: str, status: int = 200, **values: Any) -> Response:
         t = i18n.translations(self.language)
         html = _env.get_template(template).render(
@@ -121,17 +100,7 @@ class Page:
             csrf=self.ctx.signer.csrf_token(self.visit), signed_in=self.visit.supplier_id,
             when=self.when, tz=self.tz.key, path=self.request.url.path,
             platform=self.ctx.platform_name, **values)
-        return self.keep(HTMLResponse(html, status_code=status))
-
-    def redirect(self, to: str) -> Response:
-        return self.keep(RedirectResponse(to, status_code=303))
-
-    def keep(self, response: Response) -> Response:
-        response.set_cookie(COOKIE, self.ctx.signer.dump(self.visit),
-                            max_age=int(self.ctx.signer.lifetime.total_seconds()),
-                            path="/portal", httponly=True, samesite="lax",
-                            secure=self.ctx.secure_cookies)
-        return response
+        return self.html(html, status)
 
 
 class SignInNeeded(Exception):
@@ -327,7 +296,7 @@ def attachment(reference: str, entry_id: int, index: int, page: PageDep, s: DB) 
         # Always a download of opaque bytes: never rendered as a page of ours.
         return page.keep(Response(data, media_type="application/octet-stream", headers={
             "Content-Disposition": f"attachment; filename*=UTF-8''{quote(filename)}",
-            **SECURITY_HEADERS}))
+            **pages.SECURITY_HEADERS}))
     raise HTTPException(404, "attachment")
 
 
@@ -442,14 +411,7 @@ def mount(app: FastAPI, ctx: PortalContext) -> None:
     app.state.portal = ctx
     app.include_router(router)
     app.mount("/portal/static", StaticFiles(directory=HERE / "static"), name="portal-static")
-
-    @app.middleware("http")
-    async def _headers(request: Request, call_next: Callable[[Request], Any]) -> Response:
-        response: Response = await call_next(request)
-        if request.url.path.startswith("/portal"):
-            for name, value in SECURITY_HEADERS.items():
-                response.headers.setdefault(name, value)
-        return response
+    pages.add_security_headers(app, "/portal")
 
     @app.exception_handler(SignInNeeded)
     async def _sign_in(request: Request, exc: SignInNeeded) -> Response:
