@@ -11,8 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from mailveil.delivery.transport import Result, SmarthostTransport, Status, TlsMode
+from mailveil.delivery.transport import (
+    Result,
+    SmarthostTransport,
+    Status,
+    TlsMode,
+    crlf_lines,
+)
 from mailveil.smtp.tls import server_context
 from tests.support.certs import Authority
 from tests.support.sink import Sink
@@ -36,11 +44,12 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
                server_context(authority.issue("127.0.0.1", folder / "sink")))
 
 
-def send_all(sink: Sink, *envelopes: tuple[str, str], **tls: Any) -> list[Result]:
+def send_all(sink: Sink, *envelopes: tuple[str, str], raw: bytes = RAW,
+             **tls: Any) -> list[Result]:
     async def run() -> list[Result]:
         transport = SmarthostTransport("127.0.0.1", sink.port, **tls)
         try:
-            return [await transport.send(sender, rcpt, RAW) for sender, rcpt in envelopes]
+            return [await transport.send(sender, rcpt, raw) for sender, rcpt in envelopes]
         finally:
             await transport.close()
 
@@ -54,6 +63,40 @@ def test_delivered_byte_for_byte_with_its_size() -> None:
     assert result.status is Status.DELIVERED and result.code == 250
     assert got.data == RAW and got.rcpt_tos == ("ann@example.org",)
     assert got.mail_options == (f"SIZE={len(RAW)}",)
+
+
+# Pieces that make dot-stuffing and line ends hard: dots at line starts, lone dots, bare
+# CR and LF, "<LF>.<CR><LF>" (SMTP smuggling), NUL and 8-bit bytes.
+_PIECES = st.sampled_from([b".", b"..", b"\r\n", b"\r", b"\n", b"a", b"\x00", b"\xff"])
+_ANY = st.lists(_PIECES, max_size=60).map(b"".join)
+# Mail as ours always is: CRLF lines of any other bytes.
+_CRLF_MAIL = st.lists(st.lists(st.sampled_from([b".", b"a", b" ", b"\x00", b"\xff"]),
+                               max_size=12).map(b"".join), max_size=12).map(
+    lambda lines: b"".join(line + b"\r\n" for line in lines))
+
+
+@pytest.mark.parametrize(("strategy", "exact"), [(_CRLF_MAIL, True), (_ANY, False)],
+                         ids=["crlf-mail", "any-bytes"])
+def test_the_data_on_the_wire_unstuffed_is_the_message(strategy: st.SearchStrategy[bytes],
+                                                       exact: bool) -> None:
+    """Whatever the bytes, the receiver un-stuffs exactly what was given: CRLF mail byte
+    for byte, anything else with its bare CR and LF as CRLF and a final CRLF."""
+    with Sink.running() as sink:
+
+        @settings(max_examples=100, deadline=None)
+        @given(strategy)
+        def check(raw: bytes) -> None:
+            count = len(sink.messages)
+            [result] = send_all(sink, ("", "ann@example.org"), raw=raw,
+                                local_hostname="relay.example.com")
+            assert result.status is Status.DELIVERED, result
+            got = sink.wait_for(count + 1)[count]
+            assert got.data == crlf_lines(raw)
+            assert got.mail_options == (f"SIZE={len(got.data)}",)
+            if exact:
+                assert got.data == raw
+
+        check()
 
 
 def test_refusals_keep_the_connection_usable() -> None:
