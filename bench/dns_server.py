@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import socketserver
 import threading
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 
 import dns.exception
@@ -33,10 +34,11 @@ def _txt(value: str) -> str:
 
 
 class _Server(socketserver.UDPServer):
-    def __init__(self, records: Records) -> None:
+    def __init__(self, records: Records, ttl: int, asked: Counter[tuple[str, str]]) -> None:
+        self.asked = asked
         self.rrsets = {
             (dns.name.from_text(name), dns.rdatatype.from_text(rdtype)): dns.rrset.from_text(
-                name, TTL, dns.rdataclass.IN, rdtype,
+                name, ttl, dns.rdataclass.IN, rdtype,
                 *(_txt(v) if rdtype.upper() == "TXT" else v for v in values))
             for (name, rdtype), values in records.items()
         }
@@ -55,6 +57,7 @@ class _Handler(socketserver.BaseRequestHandler):
         response = dns.message.make_response(query)
         response.flags |= dns.flags.AA
         question = query.question[0]
+        self.server.asked[(question.name.to_text(), dns.rdatatype.to_text(question.rdtype))] += 1
         rrset = self.server.rrsets.get((question.name, question.rdtype))
         if rrset is not None:
             response.answer.append(rrset)
@@ -71,13 +74,15 @@ class _Handler(socketserver.BaseRequestHandler):
 
 
 @contextlib.contextmanager
-def running_dns(records: Records) -> Iterator[tuple[str, int]]:
+def running_dns(records: Records, *, ttl: int = TTL,
+                asked: Counter[tuple[str, str]] | None = None) -> Iterator[tuple[str, int]]:
     """Serve ``records`` {(absolute name, type): [zone-file values]} on 127.0.0.1.
 
     TXT values are given unquoted and split into 255-byte strings here. Yields
-    (host, port) for a resolver's ``nameservers`` and ``port``.
+    (host, port) for a resolver's ``nameservers`` and ``port``. ``asked`` counts the
+    queries per (absolute name, type), for tests of a resolver's cache.
     """
-    server = _Server(records)
+    server = _Server(records, ttl, Counter() if asked is None else asked)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                               daemon=True)
     thread.start()

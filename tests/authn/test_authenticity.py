@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -77,6 +79,42 @@ def _check(nameserver: str, raw: bytes, *, ip: str = GOOD_IP,
     resolver = make_resolver(nameserver, timeout=timeout)
     return asyncio.run(check(raw, client_ip=ip, helo=helo, mail_from=mail_from,
                              resolver=resolver))
+
+
+# --- The answer cache -------------------------------------------------------------------
+
+def test_answers_are_reused_for_their_ttl_then_asked_again(key: bytes) -> None:
+    """Real senders repeat their domains: SPF, DKIM and DMARC answers are kept for their
+    TTL, so a second message asks the server nothing; then they are asked anew. The TTL
+    is short, but long enough for a check on a loaded machine."""
+    ttl = 4
+    asked: Counter[tuple[str, str]] = Counter()
+    raw = _signed(key, "shop.example")
+
+    async def three_checks(nameserver: str) -> list[tuple[Counter[tuple[str, str]], str]]:
+        resolver = make_resolver(nameserver)
+        seen = []
+
+        async def one() -> None:
+            result = await check(raw, client_ip=GOOD_IP, helo="mx.shop.example",
+                                 mail_from="ann@shop.example", resolver=resolver)
+            seen.append((Counter(asked), f"{result.spf} {result.dkim} {result.dmarc}"))
+
+        await one()
+        answered = time.time()
+        await one()
+        while time.time() <= answered + ttl:  # until every answer of the first expired
+            await asyncio.sleep(0.05)
+        await one()
+        return seen
+
+    with running_dns(_mail_zone(key), ttl=ttl, asked=asked) as (host, port):
+        first, second, after_ttl = asyncio.run(three_checks(f"{host}:{port}"))
+    assert first[0] == Counter({("shop.example.", "TXT"): 1, ("_dmarc.shop.example.", "TXT"): 1,
+                                (f"{SELECTOR}._domainkey.shop.example.", "TXT"): 1})
+    assert second[0] == first[0]
+    assert after_ttl[0] == first[0] + first[0]
+    assert first[1] == second[1] == after_ttl[1] == "pass (('shop.example', 'pass'),) pass"
 
 
 # --- DKIM -------------------------------------------------------------------------------
