@@ -1,13 +1,15 @@
 """The care console in a real browser (Debian's chromium through Playwright) against
 ``mailveil serve``: an agent signs in, finds a conversation by the customer's real address,
 opens both versions of a message whose HTML tries script, remote images and a form, and
-exports the dispute; the zip's manifest is checked against its files and the archive.
+exports the dispute; the zip's manifest is checked against its files and the archive. A
+review request is flagged, held (``MAILVEIL_REVIEW_ACTION=hold``) and released.
 SQLite only: the console's behaviour on both databases is covered in tests/web/test_care.py.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -19,8 +21,15 @@ from playwright.sync_api import Browser, expect
 from tests.conftest import Mailveil
 from tests.support.browser import browser, open_page, save_screenshot
 from tests.support.care import add_agent, check_export, send_hostile_html, unzip
-from tests.support.client import CUSTOMER, archive_until_delivered
-from tests.support.portal import conversation
+from tests.support.client import (
+    CUSTOMER,
+    SUPPLIER,
+    archive_until_delivered,
+    mail,
+    register,
+    send,
+)
+from tests.support.portal import conversation, wait_for_mail
 from tests.support.sink import Sink
 
 __all__ = ["browser"]  # the module-scoped fixture
@@ -29,6 +38,11 @@ __all__ = ["browser"]  # the module-scoped fixture
 @pytest.fixture
 def database_url(tmp_path: Path) -> Iterator[str]:
     yield f"sqlite:///{tmp_path / 'mailveil.sqlite3'}"
+
+
+@pytest.fixture
+def extra_env() -> dict[str, str]:
+    return {"MAILVEIL_REVIEW_ACTION": "hold"}
 
 
 class _Hits(BaseHTTPRequestHandler):
@@ -104,3 +118,40 @@ def test_sign_in_find_open_both_versions_and_export(
     expect(page.locator("table.audit tbody tr").first).to_contain_text("export")
     save_screenshot(page, "care-audit")
     assert _Hits.hits == []
+
+
+def test_a_review_request_is_flagged_held_and_released(
+        mailveil: Mailveil, sink: Sink, browser: Browser) -> None:
+    b = register(mailveil)
+    asking = mail(SUPPLIER, b["customer_relay_address"], "Thank you for sailing with us",
+                  "It was a pleasure! Could you leave us a review on "
+                  "https://www.tripadvisor.com/UserReviewEdit-g293916-d1234 ?\n")
+    send(mailveil, asking, SUPPLIER, [b["customer_relay_address"]])
+    page = open_page(browser, mailveil, viewport={"width": 1280, "height": 720})
+    page.goto(add_agent(mailveil))
+    page.get_by_role("button", name="Continue to the console").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Find a conversation")
+
+    held = page.locator('article.queue-item[data-state="held"]')
+    deadline = time.monotonic() + 20
+    while True:  # processing holds it within a round or two
+        page.goto("/care/queue")
+        if held.count() or time.monotonic() > deadline:
+            break
+        page.wait_for_timeout(200)
+    expect(held).to_have_count(1)
+    expect(held.get_by_role("heading", level=2)).to_contain_text(
+        "Review request held, not delivered")
+    expect(held).to_contain_text("Subject: Thank you for sailing with us")
+    expect(held.locator("ul.found li")).to_have_text(["tripadvisor", "leave us a review"])
+    assert sink.to(CUSTOMER) == []
+    held.get_by_label("Note").fill("Called the supplier: he will ask for reviews on Tourly only")
+    save_screenshot(page, "care-flagged")
+
+    held.get_by_role("button", name="Release").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Queue")
+    expect(page.locator("p.empty")).to_have_text("Nothing waits.")
+    [delivered] = wait_for_mail(sink, CUSTOMER)
+    assert delivered["Subject"] == "Thank you for sailing with us"
+    page.goto("/care/audit")
+    expect(page.locator("table.audit tbody tr").first).to_contain_text("release")

@@ -188,6 +188,7 @@ def _console_urls(entries: list[dict[str, object]]) -> list[tuple[str, str]]:
             ("GET", "/care/bookings/GYG-1001"),
             ("GET", f"/care/bookings/GYG-1001/received/{inbound}/html"),
             ("GET", "/care/queue"), ("POST", "/care/queue/ticket/1/close"),
+            ("POST", "/care/queue/review/1/release"), ("POST", "/care/queue/review/1/refuse"),
             ("GET", "/care/captured"), ("GET", "/care/captured/x"),
             ("POST", "/care/bookings/GYG-1001/export"), ("POST", "/care/sign-out")]
 
