@@ -5,6 +5,7 @@ import pytest
 
 from mailveil.config import ConfigError, HostPort, from_env
 from mailveil.delivery.transport import TlsMode
+from mailveil.domain.review import DEFAULT, ReviewAction, ReviewPolicy
 from mailveil.smtp.limits import Limits, Rate
 
 
@@ -98,6 +99,25 @@ def test_unverified_senders_are_marked_unless_refused() -> None:
     assert from_env({}).refuse_unverified is False
     assert from_env({"MAILVEIL_UNVERIFIED_SENDERS": "Refuse"}).refuse_unverified is True
     assert from_env({"MAILVEIL_UNVERIFIED_SENDERS": "mark"}).refuse_unverified is False
+
+
+def test_review_requests_are_flagged_unless_held_with_the_operators_patterns(
+        tmp_path: Path) -> None:
+    assert from_env({}).review == ReviewPolicy(ReviewAction.FLAG, DEFAULT)
+    assert from_env({"MAILVEIL_REVIEW_ACTION": "HOLD"}).review.action is ReviewAction.HOLD
+    ours = tmp_path / "patterns.txt"
+    ours.write_text("# sites we do not allow\n\\bkudos\\.example\\b\n\nrate us\n")
+    s = from_env({"MAILVEIL_REVIEW_PATTERNS_FILE": str(ours)})
+    assert s.review.patterns.sources == (r"\bkudos\.example\b", "rate us")
+    with pytest.raises(ConfigError, match="REVIEW_ACTION: expected flag or hold"):
+        from_env({"MAILVEIL_REVIEW_ACTION": "sometimes"})
+    for text, error in (("broken(\n", "'broken\\(': missing \\)"), ("# none\n", "no pattern"),
+                        (None, "cannot read")):
+        if text is not None:
+            ours.write_text(text)
+        path = str(ours) if text is not None else str(tmp_path / "missing.txt")
+        with pytest.raises(ConfigError, match=f"REVIEW_PATTERNS_FILE: .*{error}"):
+            from_env({"MAILVEIL_REVIEW_PATTERNS_FILE": path})
 
 
 def test_prefixes_must_differ() -> None:
