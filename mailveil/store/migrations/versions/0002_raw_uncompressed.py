@@ -17,6 +17,8 @@ revision: str = '0002'
 down_revision: str | None = '0001'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+contract = ("a format change, not a schema change: the previous version decompresses every "
+            "raw value, so it cannot run beside this one; stop all processes to cross it")
 
 TABLES = ('inbound_messages', 'outbound_messages', 'quarantine')
 BATCH = 200
