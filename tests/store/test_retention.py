@@ -8,9 +8,17 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailveil.domain.addresses import Role
+from mailveil.domain.booking import Party
 from mailveil.domain.states import InboundState, OutboxKind, OutboxState
+from mailveil.store import care
 from mailveil.store import repository as repo
-from mailveil.store.models import ArchiveEntryRow, InboundRow, OutboundRow, QuarantineRow
+from mailveil.store.models import (
+    ArchiveEntryRow,
+    InboundRow,
+    OutboundRow,
+    QuarantineRow,
+    ReviewFlagRow,
+)
 from mailveil.store.retention import Mismatch, Retention, purge, verify
 
 DAY = timedelta(days=1)
@@ -85,3 +93,25 @@ def test_the_client_address_goes_with_the_body(sessions: sessionmaker[Session]) 
     with sessions() as s:
         clients = {r.id: (r.client_address, r.client_helo) for r in s.scalars(select(InboundRow))}
     assert clients == {recent: ("192.0.2.7", "mx.example.org"), old: (None, None)}
+
+
+def test_a_flagged_message_goes_with_its_flag_and_a_held_one_stays(
+        sessions: sessionmaker[Session]) -> None:
+    """A review request's flag is metadata of its message; a held copy waits for care."""
+    with sessions() as s, s.begin():
+        repo.upsert_supplier(s, id="sup", name="Sunset Tours", email="desk@supplier.example",
+                             locale="fr", now=NOW - 400 * DAY)
+        booking = repo.create_booking(
+            s, reference="R1", supplier_id="sup", customer=Party("Ann", "ann@x.example", "en"),
+            activity_start=NOW - 400 * DAY, activity_end=NOW - 399 * DAY, now=NOW - 400 * DAY)
+        flagged = message(s, NOW - 400 * DAY)
+        held = message(s, NOW - 400 * DAY, state=OutboxState.HELD)
+        care.add_flags(s, [care.NewFlag(flagged, booking.id, False, ("tripadvisor",)),
+                           care.NewFlag(held, booking.id, True, ("tripadvisor",))],
+                       NOW - 400 * DAY)
+    with sessions() as s, s.begin():
+        purge(s, POLICY, NOW)
+    with sessions() as s:
+        assert set(s.scalars(select(InboundRow.id))) == {held}
+        assert list(s.scalars(select(ReviewFlagRow.inbound_id))) == [held]
+        assert s.scalars(select(OutboundRow.purged_at)).one() is None
