@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+log = logging.getLogger(__name__)
 
 # The database is unreachable, restarting or too busy: worth retrying later, unlike an
 # error about the data itself (integrity, types), which would fail the same way again.
@@ -58,10 +63,12 @@ def alembic_config(url: str) -> Config:
 
 
 def migrate(url: str) -> None:
-    """Bring the schema to the newest revision (idempotent)."""
+    """Bring the schema to the newest revision (idempotent). A schema a newer version
+    already migrated is left as it is: migrations only expand (docs/operations.md,
+    "Upgrades"), so this version runs on it, as it must when it restarts during a rolling
+    upgrade or comes back in a rollback."""
     if url.startswith("sqlite"):
-        make_engine(url).dispose()  # creates the directory of the file
-        command.upgrade(alembic_config(url), "head")
+        _upgrade(url)
         return
     # Every role migrates on start: processes started together on an empty database would
     # race to create the same tables, so the first takes this lock and the others then
@@ -71,8 +78,26 @@ def migrate(url: str) -> None:
         with engine.connect() as lock:
             lock.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK})
             try:
-                command.upgrade(alembic_config(url), "head")
+                _upgrade(url)
             finally:
                 lock.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK})
     finally:
         engine.dispose()
+
+
+def _upgrade(url: str) -> None:
+    config = alembic_config(url)
+    engine = make_engine(url)  # on SQLite, creates the directory of the file
+    try:
+        with engine.connect() as c:
+            current = MigrationContext.configure(c).get_current_revision()
+    finally:
+        engine.dispose()
+    try:
+        if current is not None:
+            ScriptDirectory.from_config(config).get_revision(current)
+    except CommandError:
+        log.warning("the database schema is at revision %s, newer than this version knows: "
+                    "running on it without migrating", current)
+        return
+    command.upgrade(config, "head")

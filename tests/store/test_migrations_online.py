@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from alembic import command
 from alembic.script import Script, ScriptDirectory
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, text
 
-from mailveil.store.db import alembic_config
+from mailveil.store.db import alembic_config, make_engine, migrate
 
 CONTRACT = [
     (re.compile(r"\bDROP (TABLE|COLUMN|VIEW|FUNCTION|TRIGGER|TYPE)\b"),
@@ -134,3 +134,20 @@ def test_the_check_lets_an_expand_step_pass(sql: str) -> None:
 def test_a_constraint_on_a_table_created_in_the_same_migration_is_no_contract_step() -> None:
     assert contract_steps(["CREATE TABLE notes (id INTEGER NOT NULL, ref TEXT)",
                            "CREATE UNIQUE INDEX ix_notes_ref ON notes (ref)"]) == []
+
+
+def test_a_version_older_than_the_schema_runs_on_it(database_url: str,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A previous version restarted during a rolling upgrade, or brought back by a rollback,
+    finds a revision it does not know: it starts on that schema instead of failing."""
+    migrate(database_url)
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as c:
+            c.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+        migrate(database_url)
+        with engine.connect() as c:
+            assert c.scalar(text("SELECT version_num FROM alembic_version")) == "9999"
+    finally:
+        engine.dispose()
+    assert "revision 9999, newer than this version knows" in caplog.text
