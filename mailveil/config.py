@@ -175,6 +175,8 @@ def _review(get: Callable[[str], str | None]) -> ReviewPolicy:
             raise ConfigError(f"{PREFIX}REVIEW_PATTERNS_FILE: cannot read {v!r}: {exc}") from None
         except re.error as exc:
             raise ConfigError(f"{PREFIX}REVIEW_PATTERNS_FILE: {exc.pattern!r}: {exc}") from None
+        except ValueError as exc:
+            raise ConfigError(f"{PREFIX}REVIEW_PATTERNS_FILE: {exc}") from None
         if not patterns.sources:
             raise ConfigError(f"{PREFIX}REVIEW_PATTERNS_FILE: no pattern in {v!r}")
     return ReviewPolicy(ReviewAction(action), patterns)

@@ -112,6 +112,7 @@ def test_review_requests_are_flagged_unless_held_with_the_operators_patterns(
     with pytest.raises(ConfigError, match="REVIEW_ACTION: expected flag or hold"):
         from_env({"MAILVEIL_REVIEW_ACTION": "sometimes"})
     for text, error in (("broken(\n", "'broken\\(': missing \\)"), ("# none\n", "no pattern"),
+                        ("TripAdvisor\n", "lower case"),
                         (None, "cannot read")):
         if text is not None:
             ours.write_text(text)

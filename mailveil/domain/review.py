@@ -4,10 +4,13 @@ site, or the words that ask for it) is flagged for care, and with ``hold`` kept 
 releases or refuses it.
 
 Pure: plain text in (the message as a reader sees it, :func:`mailveil.mail.reading.seen_text`,
-already unveiled), plain values out. The patterns are regular expressions, matched without
-regard to case on the text with its white space runs made single spaces, so a phrase split
-over lines still matches; the operator may replace the defaults
-(``MAILVEIL_REVIEW_PATTERNS_FILE``).
+already unveiled), plain values out. The patterns are regular expressions in lower case,
+matched on the text in lower case with its white space runs made single spaces, so a
+phrase split over lines still matches; the operator may replace the defaults
+(``MAILVEIL_REVIEW_PATTERNS_FILE``). Lower case rather than ``re.IGNORECASE``, and no
+leading ``\b`` where a word cannot hide another: Python's engine then skips to the
+possible first characters instead of trying every position, about ten times faster (a
+text of 800,000 characters: 0.2 s for all the defaults, against 2 s).
 """
 
 from __future__ import annotations
@@ -22,27 +25,27 @@ from mailveil.domain.addresses import Role
 
 DEFAULT_PATTERNS: tuple[str, ...] = (
     # Review sites, by name or link (any country's domain).
-    r"\btrip ?advisor\b",
-    r"\btrustpilot\b",
-    r"\byelp\b",
-    r"\bg\.page/r/",
-    r"\bwritereview\b",
-    r"\bgoogle ?(?:reviews?|maps review|bewertung(?:en)?|rese[ñn]as?)\b",
-    r"\bavis google\b",
-    r"\bfacebook\.com/\S*reviews\b",
+    r"trip ?advisor",
+    r"trustpilot",
+    r"yelp\b",
+    r"g\.page/r/",
+    r"writereview",
+    r"google ?(?:reviews?|maps review|bewertung(?:en)?|rese[ñn]as?)\b",
+    r"avis google",
+    r"facebook\.com/\S*reviews",
     # English
-    r"\b(?:leave|write|post|give|drop)\s(?:us\s|me\s)?(?:a\s|an\s|your\s)?(?:\w+\s)?review\b",
-    r"\breview us\b",
+    r"(?:leave|write|post|give|drop) (?:us |me )?(?:a |an |your )?(?:\w+ )?review\b",
+    r"review us\b",
     # French
-    r"\b(?:laiss|[ée]cri|donn|d[ée]pos|publi)\w*(?:-nous|-moi)?\s(?:[\w'\u2019-]+\s){0,2}avis\b",
+    r"(?:laiss|[ée]cri|donn|d[ée]pos|publi)\w*(?:-nous|-moi)? (?:[\w'\u2019-]+ ){0,2}avis\b",
     # Thai: "review", "rate (give points)"
     r"รีวิว",
     r"ให้คะแนน",
     # German
-    r"\b(?:hinterlass|schreib|abgeb|geb)\w*\s(?:[\w-]+\s){0,3}bewertung(?:en)?\b",
-    r"\bbewerten sie uns\b",
+    r"(?:hinterlass|schreib|abgeb|geb)\w* (?:[\w-]+ ){0,3}bewertung(?:en)?\b",
+    r"bewerten sie uns",
     # Spanish
-    r"\b(?:d[ée]j|escrib|dan|d[ée]n)\w*\s(?:[\w-]+\s){0,2}(?:rese[ñn]a|opini[óo]n|valoraci[óo]n)\b",
+    r"(?:d[ée]j|escrib|dan|d[ée]n)\w* (?:[\w-]+ ){0,2}(?:rese[ñn]a|opini[óo]n|valoraci[óo]n)\b",
 )
 """What asks for a review elsewhere in the five languages of the notices. Phrases catch a
 request for a review on the platform too: with ``flag`` that only queues it for care."""
@@ -63,10 +66,13 @@ class ReviewPatterns:
 
     @classmethod
     def of(cls, sources: Iterable[str]) -> ReviewPatterns:
-        """Compiled, NFKC like the text they meet; a broken one raises ``re.error``."""
+        """Compiled, NFKC like the text they meet; a broken one raises ``re.error``, one
+        with a capital letter (it could never match the lowered text) ``ValueError``."""
         kept = tuple(s for s in sources if s.strip())
-        return cls(kept, tuple(re.compile(unicodedata.normalize("NFKC", s), re.IGNORECASE)
-                               for s in kept))
+        for source in kept:
+            if any(ch != ch.lower() and source[i - 1:i] != "\\" for i, ch in enumerate(source)):
+                raise ValueError(f"{source!r}: write patterns in lower case")
+        return cls(kept, tuple(re.compile(unicodedata.normalize("NFKC", s)) for s in kept))
 
     @classmethod
     def parse(cls, text: str) -> ReviewPatterns:
@@ -93,7 +99,7 @@ class Flag:
 def findings(text: str, patterns: ReviewPatterns) -> tuple[str, ...]:
     """The pieces of ``text`` that ask for a review, at most :data:`MAX_FOUND`, each
     printable and at most :data:`MAX_SHOWN` characters."""
-    flat = " ".join(text.split())
+    flat = " ".join(text.split()).lower()
     found: list[str] = []
     for pattern in patterns.compiled:
         match = pattern.search(flat)

@@ -26,7 +26,7 @@ from mailveil.domain.review import (
     findings,
     flag,
 )
-from mailveil.mail.reading import seen_text
+from mailveil.mail.reading import MAX_SEEN, seen_text
 from mailveil.mail.scrub import unveiled
 
 
@@ -94,7 +94,7 @@ def test_obfuscated_spellings_are_unveiled(body: bytes) -> None:
 
 def test_transfer_encodings_charsets_and_encoded_words_are_decoded() -> None:
     qp = quopri.encodestring("Laissez-nous un avis sur Tripadvisor é".encode())
-    assert found(message(qp, cte="quoted-printable")) == ("Tripadvisor", "Laissez-nous un avis")
+    assert found(message(qp, cte="quoted-printable")) == ("tripadvisor", "laissez-nous un avis")
     b64 = base64.encodebytes("รีวิว".encode("tis-620"))
     assert found(message(b64, charset="tis-620", cte="base64")) == ("รีวิว",)
     subject = "=?utf-8?b?" + base64.b64encode(b"leave a review").decode() + "?="
@@ -105,6 +105,14 @@ def test_html_links_and_words_split_by_tags() -> None:
     html = (b'<p>Please <b>leave</b> us a <i>re</i>view</p>'
             b'<a href="https://www.trustpilot.com/review/x">here</a>')
     assert found(message(html, content_type="text/html")) == ("trustpilot", "leave us a review")
+
+
+def test_only_the_beginning_of_a_long_text_is_read() -> None:
+    """The cost stays bounded (see mail/reading.py): a request sixty pages down is not seen."""
+    filler = b"Day one: the old town. " * (MAX_SEEN // 23)
+    assert found(message(b"Leave us a review! " + filler)) == ("leave us a review",)
+    assert found(message(filler + b"Leave us a review!")) == ()
+    assert len(seen_text(message(filler * 2, content_type="text/html"))) == MAX_SEEN
 
 
 def test_attachments_are_not_read() -> None:
@@ -123,10 +131,15 @@ def test_policy_decides_flag_or_hold_and_only_suppliers_are_checked() -> None:
 def test_a_patterns_file_replaces_the_defaults() -> None:
     patterns = ReviewPatterns.parse("# ours\n\n  \\bkudos\\.example\\b  \nrate us\n")
     assert patterns.sources == (r"\bkudos\.example\b", "rate us")
-    assert findings("Rate   US on KUDOS.example", patterns) == ("KUDOS.example", "Rate US")
+    assert findings("Rate   US on KUDOS.example", patterns) == ("kudos.example", "rate us")
     assert findings("leave us a review", patterns) == ()
     with pytest.raises(re.error):
         ReviewPatterns.parse("broken(")
+    # The text is lowered, so a capital could never match; escapes such as \S are fine.
+    with pytest.raises(ValueError, match="lower case"):
+        ReviewPatterns.parse("TripAdvisor")
+    assert findings("see x.example/Reviews", ReviewPatterns.of([r"x\.example/\S+"])) == (
+        "x.example/reviews",)
 
 
 def test_what_care_sees_is_printable_short_and_few() -> None:
