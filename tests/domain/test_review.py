@@ -167,3 +167,15 @@ def test_fullwidth_and_invisible_characters_anywhere_still_flag(
 def test_any_text_is_matched_without_error_within_bounds(text: str) -> None:
     pieces = findings(unveiled(text), DEFAULT)
     assert len(pieces) <= MAX_FOUND and all(len(p) <= MAX_SHOWN for p in pieces)
+
+
+@given(st.binary(max_size=2000), st.sampled_from(["utf-8", "utf-16", "utf-7", "x-unknown",
+                                                 "iso-2022-jp", "tis-620"]),
+       st.sampled_from(["8bit", "base64", "quoted-printable", "x-token"]),
+       st.sampled_from(["text/plain", "text/html"]))
+def test_any_body_is_read_without_error(body: bytes, charset: str, cte: str,
+                                        content_type: str) -> None:
+    """Reading runs on every supplier's message: an error would park it for a human."""
+    text = seen_text(message(body, charset=charset, cte=cte, content_type=content_type))
+    assert len(text) <= MAX_SEEN
+    seen_text(body)  # not even a message
