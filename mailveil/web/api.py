@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
@@ -32,6 +32,7 @@ from mailveil.store.models import (
 )
 from mailveil.web.care.routes import CareContext, export_response
 from mailveil.web.care.routes import mount as mount_care
+from mailveil.web.deps import transaction
 from mailveil.web.ops import ops_router
 from mailveil.web.portal.routes import PortalContext, mint_link, mount
 from mailveil.web.schemas import (
@@ -64,11 +65,6 @@ def _ctx(request: Request) -> ApiContext:
     return ctx
 
 
-def _session(request: Request) -> Iterator[Session]:
-    with _ctx(request).sessions() as s, s.begin():
-        yield s
-
-
 def _authorized(request: Request,
                 creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
     token = _ctx(request).api_token
@@ -78,7 +74,7 @@ def _authorized(request: Request,
 
 
 # scope="function": commit before the response is sent, so a 201 means stored.
-DB = Annotated[Session, Depends(_session, scope="function")]
+DB = Annotated[Session, Depends(transaction(_ctx), scope="function")]
 router = APIRouter(prefix="/api/v1", dependencies=[Depends(_authorized)])
 
 

@@ -5,7 +5,7 @@ form, and every agent action written to the audit log."""
 from __future__ import annotations
 
 import mailbox
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -22,6 +22,7 @@ from mailveil.store import care as store
 from mailveil.store.models import BookingRow, CareAgentRow
 from mailveil.web import pages
 from mailveil.web.care import views
+from mailveil.web.deps import transaction
 from mailveil.web.sessions import Signer
 
 HERE = Path(__file__).parent
@@ -56,12 +57,7 @@ def _ctx(request: Request) -> CareContext:
     return ctx
 
 
-def _db(request: Request) -> Iterator[Session]:
-    with _ctx(request).sessions() as s, s.begin():
-        yield s
-
-
-DB = Annotated[Session, Depends(_db, scope="function")]
+DB = Annotated[Session, Depends(transaction(_ctx), scope="function")]
 Csrf = Annotated[str, Form()]
 
 

@@ -4,7 +4,7 @@ form, and a booking of another supplier answered exactly like one that does not 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -25,6 +25,7 @@ from mailveil.store import repository as repo
 from mailveil.store import webhooks
 from mailveil.store.models import BookingRow, CancellationRow, SupplierRow
 from mailveil.web import pages
+from mailveil.web.deps import transaction
 from mailveil.web.portal import i18n, views
 from mailveil.web.portal.mail import Letter, queue
 from mailveil.web.sessions import COOKIE, Signer
@@ -67,12 +68,7 @@ def _ctx(request: Request) -> PortalContext:
     return ctx
 
 
-def _db(request: Request) -> Iterator[Session]:
-    with _ctx(request).sessions() as s, s.begin():
-        yield s
-
-
-DB = Annotated[Session, Depends(_db, scope="function")]
+DB = Annotated[Session, Depends(transaction(_ctx), scope="function")]
 
 
 class Page(pages.Visitor[PortalContext]):
