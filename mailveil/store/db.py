@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import select
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,10 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+
+from mailveil.store.buffers import close_after_large
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 log = logging.getLogger(__name__)
@@ -48,7 +51,28 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    engine = create_engine(url, **kwargs)
+    event.listen(engine, "checkout", _closed_by_the_server)
+    close_after_large(engine)
+    return engine
+
+
+def _closed_by_the_server(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+    """A pooled connection the server closed (a restart, an idle timeout, a terminated
+    backend) is replaced before it is used, so that costs no transaction.
+
+    Not ``pool_pre_ping``: its ``SELECT 1`` is a round trip before every transaction
+    (0.15 ms of CPU and a wait each; docs/perf-round2-steps.md). A server that closes a
+    connection sends its FATAL notice or its end, which makes the idle socket readable:
+    one ``poll`` sees that without asking. Raising ``DisconnectionError`` here makes the
+    pool open another connection (SQLAlchemy's documented checkout hook).
+    """
+    if dbapi_conn.closed:
+        raise DisconnectionError("the connection is closed")
+    poller = select.poll()
+    poller.register(dbapi_conn.fileno(), select.POLLIN)
+    if poller.poll(0):
+        raise DisconnectionError("the database server closed the connection")
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
