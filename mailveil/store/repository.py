@@ -34,6 +34,7 @@ from mailveil.domain.states import (
 from mailveil.domain.threading import IdPair
 from mailveil.domain.verdicts import Outcome, SenderCheck
 from mailveil.mail.mime import header_block
+from mailveil.store.buffers import note_received
 from mailveil.store.models import (
     ArchiveEntryRow,
     AttemptRow,
@@ -259,7 +260,9 @@ def claim_inbound(s: Session, *, limit: int, now: datetime, lease: timedelta,
         return []
     leased = db.execute(_LEASE_INBOUND, {"ids": ids, "until": now + lease,
                                          "holder": holder}).all()
-    return sorted((Claimed(*row) for row in leased), key=lambda c: c.id)
+    claimed = sorted((Claimed(*row) for row in leased), key=lambda c: c.id)
+    note_received(s, (c.raw for c in claimed))
+    return claimed
 
 
 def inbound_by_ids(s: Session, ids: Collection[int]) -> dict[int, Claimed]:
@@ -269,7 +272,9 @@ def inbound_by_ids(s: Session, ids: Collection[int]) -> dict[int, Claimed]:
     rows = s.execute(select(InboundRow.id, InboundRow.mail_from, InboundRow.rcpt_to,
                             InboundRow.raw, InboundRow.scan, InboundRow.sender_check)
                      .where(InboundRow.id.in_(ids)))
-    return {row.id: Claimed(*row) for row in rows}
+    found = {row.id: Claimed(*row) for row in rows}
+    note_received(s, (c.raw for c in found.values()))
+    return found
 
 
 BATCH_BYTES = 2 * 1024 * 1024
@@ -430,8 +435,10 @@ def claim_outbound(s: Session, *, limit: int, now: datetime, lease: timedelta,
     ids = _within_budget(db.execute(_DUE_OUTBOUND, {"now": now, "limit": limit}).all())
     if not ids:
         return []
-    return [Due(*row) for row in db.execute(_LEASE_OUTBOUND, {"ids": ids, "until": now + lease,
-                                                              "holder": holder})]
+    due = [Due(*row) for row in db.execute(_LEASE_OUTBOUND, {"ids": ids, "until": now + lease,
+                                                             "holder": holder})]
+    note_received(s, (d.raw for d in due))
+    return due
 
 
 _UNLEASE_OUTBOUND = (update(OutboundRow).where(OutboundRow.id.in_(bindparam("ids", expanding=True)))
