@@ -16,8 +16,6 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailveil.store.buffers import close_after_large
-
 MIGRATIONS = Path(__file__).parent / "migrations"
 log = logging.getLogger(__name__)
 
@@ -53,7 +51,6 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         return engine
     engine = create_engine(url, **kwargs)
     event.listen(engine, "checkout", _closed_by_the_server)
-    close_after_large(engine)
     return engine
 
 
