@@ -250,7 +250,7 @@ def test_who_may_use_the_console(mailveil: Mailveil, database_url: str) -> None:
 def _open_items(client: httpx.Client) -> list[str]:
     page = client.get("/care/queue")
     assert page.status_code == 200
-    return re.findall(r'<article class="queue-item" id="([a-z]+-\d+)">', page.text)
+    return re.findall(r'<article class="queue-item" id="([a-z]+-\d+)"', page.text)
 
 
 def test_queue_items_are_closed_with_a_note(mailveil: Mailveil, database_url: str) -> None:
