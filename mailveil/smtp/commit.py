@@ -14,7 +14,10 @@ from collections.abc import Callable, Sequence
 from mailveil.store.repository import NewInbound
 
 MAX_BATCH = 64
-MAX_BATCH_BYTES = 32 * 1024 * 1024
+# A batch is written in one statement: the driver holds a copy of all of it (libpq's send
+# buffer on PostgreSQL, the bound blobs on SQLite) beside the messages. Past a few MiB the
+# fsync a batch shares is small beside writing the bytes, so a large message goes alone.
+MAX_BATCH_BYTES = 4 * 1024 * 1024
 
 Accepted = NewInbound
 """A message waiting for its 250: exactly what the store keeps of it."""
