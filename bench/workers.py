@@ -34,7 +34,8 @@ from bench.systems import System
 def parse_args(argv: list[str] | None) -> tuple[list[int], argparse.Namespace]:
     p = argparse.ArgumentParser(prog="python -m bench.workers", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workers", default="1,2,4", help="worker counts, comma-separated")
+    p.add_argument("--workers", default="4,2,1", help="worker counts, comma-separated, "
+                   "started in this order (the largest first: it starts slowest)")
     p.add_argument("--sizes", default="2k,100k")
     p.add_argument("--messages", type=int, help="messages of the smallest size (2000)")
     p.add_argument("--repeat", type=int, default=3, help="rounds; the best of each is kept")
@@ -127,11 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     phases, role_ms = asyncio.run(run(workers, args, meta))
     meta["host_after"] = relay.host_info()["loadavg"]
     meta["seconds"] = round(time.monotonic() - started, 1)
-    rows = scaling(phases, f"mailveil-pg[split:{workers[0]}]", role_ms)
+    rows = scaling(phases, f"mailveil-pg[split:{min(workers)}]", role_ms)
     meta["scaling"] = rows
     print()
     print(report.table(phases))
-    print(f"\nagainst {workers[0]} worker(s); load average before "
+    print(f"\nagainst {min(workers)} worker(s); load average before "
           f"{meta['host']['loadavg']}, after {meta['host_after']}")
     for r in rows:
         print(f"  {r['system']} {r['size']}: {r['delivered_per_s']} msg/s = "
