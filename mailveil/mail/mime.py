@@ -375,7 +375,8 @@ def fold(name: str, value: str, newline: bytes = b"\r\n") -> bytes:
     quadratic in their length, and so does non-ASCII unstructured text: the stdlib writes
     two words as two encoded words with a space between, which readers drop. A value the
     structured parser cannot fold is folded as unstructured text, lone surrogates
-    (undecodable bytes) replaced.
+    (undecodable bytes) replaced, unless the parser cannot read that either (the field is
+    then dropped: a reader's parser would fail on it).
     """
     value = safe_value(value)
     line = _plain_line(name, value)
@@ -391,6 +392,10 @@ def fold(name: str, value: str, newline: bytes = b"\r\n") -> bytes:
             folded: str = folding.header_factory(name, value).fold(policy=folding)
         except Exception:
             text = value.encode("utf-8", "replace").decode("utf-8")
+            try:
+                folding.header_factory(name, text)
+            except Exception:
+                return b""  # a reader's parser would fail on it as ours did (``From: <``)
             folded = _UNSTRUCTURED(name, text).fold(policy=folding)
         if _well_folded(folded, linesep):
             return folded.encode("ascii")

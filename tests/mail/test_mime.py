@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import email
+import re
 from email import policy
 from email.header import Header
 from pathlib import Path
@@ -219,16 +220,20 @@ def test_content_type_defaults(content_type: bytes, expected: str) -> None:
 TYPE_TOKENS = ["text", "Plain", "/", " ", "\t", ";", "(c)", "x-y", "a.b", "=", '"q"', "é", "*"]
 
 
-@settings(max_examples=500)
+@settings(max_examples=500, deadline=None)
 @given(st.lists(st.sampled_from(TYPE_TOKENS), min_size=1, max_size=8).map("".join))
 def test_content_type_fast_path_reads_like_the_stdlib(value: str) -> None:
     """The oracle reads the value as a header field carries it, without the trailing
     whitespace that unfolding leaves out: the stdlib parses "Plain/;text* " as plain/plain
-    but raises on "Plain/;text*", which is the same field."""
+    but raises on "Plain/;text*", which is the same field. Where the stdlib raises on a
+    parameter ("text/text;text*": IndexError), a mail program still reads the plain
+    ``type/subtype`` before it, and so do we; anything else gets the default."""
     try:
         ctype = str(policy.default.header_factory("content-type", value.strip()).content_type)
-    except Exception:  # Field.parsed gives up on these the same way
-        ctype = ""
+    except Exception:
+        token = r"[!#$%&'*+.^_`{|}~0-9A-Za-z-]+"  # RFC 2045
+        plain = re.fullmatch(rf"({token}/{token})[ \t]*", value.partition(";")[0])
+        ctype = plain.group(1).lower() if plain and ";" in value else ""
     expected = ctype if "/" in ctype else "text/plain"
     assert parse(f"Content-Type: {value}\n\nx".encode()).content_type == expected
 
@@ -264,8 +269,8 @@ def test_refolded_changes_only_the_fields_given_a_value() -> None:
     ("name", "value", "folded"),
     [
         ("To", "a@b.example, c@d.example", b"To: a@b.example, c@d.example\n"),
-        ("From", "<", b"From: <\n"),  # the address parser raises IndexError
-        ("From", "\u0e44\udcff<", b"From: =?utf-8?b?4LmEPzw=?=\n"),  # both folders raise
+        ("From", "<", b""),  # the address parser raises IndexError: so would a reader's
+        ("From", "\u0e44\udcff<", b""),  # both folders raise
     ],
 )
 def test_fold_never_raises(name: str, value: str, folded: bytes) -> None:
