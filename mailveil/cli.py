@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         for finding in findings:
             print(finding)
         return 0 if all(f.ok for f in findings) else 1
-    service.run_role(settings, args.command)
+    asyncio.run(service.run(settings, args.command))
     return 0
 
 

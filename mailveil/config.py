@@ -19,7 +19,6 @@ from mailveil.smtp.limits import Limits, Rate, parse_networks, parse_rate
 
 PREFIX = "MAILVEIL_"
 MAX_HORIZON_DAYS = 36525
-EVENT_LOOPS = ("uvloop", "asyncio")
 """A century: activity dates further out are mistakes, and the window stays computable."""
 
 
@@ -76,7 +75,6 @@ class Settings:
     worker_batch: int = 50
     clamd: str | None = None
     dns: str | None = None  # host:port of the resolver for SPF/DKIM/DMARC; None: the system's
-    event_loop: str = "uvloop"  # of every role; "asyncio": the standard library's own
     lease: timedelta = timedelta(minutes=5)
     cpu_budget_seconds: int = 10  # CPU a message may cost to process (mailveil/budget.py)
     retention_body: timedelta = timedelta(days=180)
@@ -296,10 +294,6 @@ def from_env(env: Mapping[str, str]) -> Settings:
     if (v := get("DNS")) is not None:
         _host_port("DNS", v)
         values["dns"] = v
-    if (v := get("EVENT_LOOP")) is not None:
-        if v.lower() not in EVENT_LOOPS:
-            raise ConfigError(f"{PREFIX}EVENT_LOOP: expected uvloop or asyncio, got {v!r}")
-        values["event_loop"] = v.lower()
     if (v := get("TRUSTED_PEERS")) is not None:
         values["trusted_peers"] = _networks("TRUSTED_PEERS", v, "127.0.0.1/32")
     if (v := get("TRUSTED_AUTHSERV_ID")) is not None:

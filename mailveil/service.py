@@ -18,7 +18,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import uvicorn
-import uvloop
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailveil.authn.lookup import make_resolver
@@ -365,25 +364,10 @@ ROLES: dict[str, tuple[Callable[[Runtime], Awaitable[None]], ...]] = {
 }
 
 
-def loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop]:
-    """uvloop (libuv) by default: its sockets, transports and timers cost less CPU per
-    SMTP command than asyncio's pure-Python selector loop; asyncio's stays a setting away."""
-    if settings.event_loop == "uvloop":
-        return uvloop.new_event_loop
-    return asyncio.new_event_loop
-
-
-def run_role(settings: Settings, role: str) -> None:
-    """Run ``role`` until SIGTERM or SIGINT on the event loop the settings choose."""
-    with asyncio.Runner(loop_factory=loop_factory(settings)) as runner:
-        runner.run(run(settings, role))
-
-
 async def run(settings: Settings, role: str) -> None:
     return_large_blocks()
     rt = open_runtime(settings)
     loop = asyncio.get_running_loop()
-    log.info("event loop: %s.%s", type(loop).__module__, type(loop).__qualname__)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, rt.stopping.set)
     await asyncio.gather(*(part(rt) for part in ROLES[role]))
