@@ -1,10 +1,12 @@
-"""A PostgreSQL connection that carried a large message is closed, not pooled.
+"""A database connection that carried a large message is closed, not pooled.
 
 libpq grows a connection's send and receive buffers to the largest statement or result it
 carried and never shrinks them: each pooled connection that stored three 13 MiB messages
 kept 39 MiB resident, and one that read a message (a ``bytea`` comes as hex text) 26 MiB;
-twenty such messages left the pool holding over 300 MiB (docs/operations.md, "Memory").
-Reconnecting costs a few milliseconds, once per transaction that moved a large message.
+twenty such messages left the pool holding over 300 MiB. SQLite's prepared statements,
+cached per connection, keep a copy of the blobs last bound to them: 117 MiB over the pool
+(docs/operations.md, "Memory"). Reconnecting costs a few milliseconds, once per
+transaction that moved a large message.
 """
 
 from __future__ import annotations

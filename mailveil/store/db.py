@@ -16,6 +16,8 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from mailveil.store.buffers import close_after_large
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 log = logging.getLogger(__name__)
 
@@ -48,9 +50,11 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             # Take the write lock up front so two writers queue instead of deadlocking.
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
+        close_after_large(engine)
         return engine
     engine = create_engine(url, **kwargs)
     event.listen(engine, "checkout", _closed_by_the_server)
+    close_after_large(engine)
     return engine
 
 
