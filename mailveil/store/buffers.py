@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from psycopg import Binary
 from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -23,7 +24,10 @@ _DROP = "mailveil.drop_on_checkin"
 
 
 def _sent(parameters: object) -> int:
-    """The bytes of the binary values among a statement's parameters (one row's, or many)."""
+    """The bytes of the binary values among a statement's parameters (one row's, or many;
+    SQLAlchemy hands them to psycopg wrapped in its ``Binary``)."""
+    if isinstance(parameters, Binary):
+        parameters = parameters.obj
     if isinstance(parameters, (bytes, bytearray, memoryview)):
         return len(parameters)
     values: Iterable[object]
