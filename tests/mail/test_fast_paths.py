@@ -133,6 +133,10 @@ def stdlib_fold(name: str, value: str, newline: bytes) -> bytes:
         folded: str = folding.header_factory(name, value).fold(policy=folding)
     except Exception:
         text = value.encode("utf-8", "replace").decode("utf-8")
+        try:
+            folding.header_factory(name, text)
+        except Exception:
+            return b""  # unreadable by the stdlib's parser even as text: not written
         folded = HeaderRegistry(use_default_map=False)(name, text).fold(policy=folding)
     return folded.encode("utf-8", "surrogatepass")
 
