@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse
@@ -223,13 +223,34 @@ def queue_page(page: AgentPage, s: DB) -> Response:
 @router.post("/queue/{kind}/{item_id}/close")
 def close_item(kind: store.QueueKind, item_id: int, page: AgentPage, s: DB, csrf: Csrf = "",
                note: Annotated[str, Form(max_length=MAX_NOTE)] = "") -> Response:
+    agent, text = _decision(page, csrf, note, "close an item")
+    if not store.close(s, kind, item_id, agent, text, datetime.now(UTC)):
+        raise HTTPException(404, "no such open item")
+    page.audit(s, "close", f"{kind.value} {item_id}: {text}"[:500])
+    return page.redirect("/care/queue")
+
+
+def _decision(page: Page, csrf: str, note: str, what: str) -> tuple[int, str]:
+    """The agent deciding and their note, once the form proved it came from the console: a
+    queue item is never decided without a reason a later agent can read."""
     page.check_csrf(csrf)
     if not note.strip():
-        raise HTTPException(422, "a note is needed to close an item")
+        raise HTTPException(422, f"a note is needed to {what}")
     assert page.agent is not None
-    if not store.close(s, kind, item_id, page.agent.id, note.strip(), datetime.now(UTC)):
-        raise HTTPException(404, "no such open item")
-    page.audit(s, "close", f"{kind.value} {item_id}: {note.strip()}"[:500])
+    return page.agent.id, note.strip()
+
+
+@router.post("/queue/review/{item_id}/{decision}")
+def decide_held(item_id: int, decision: Literal["release", "refuse"], page: AgentPage, s: DB,
+                csrf: Csrf = "",
+                note: Annotated[str, Form(max_length=MAX_NOTE)] = "") -> Response:
+    """A held review request: released (its copies leave as composed) or refused (the
+    next processing round tells its sender why), with a note, once."""
+    agent, text = _decision(page, csrf, note, "decide on a held message")
+    flag = store.decide_held(s, item_id, decision == "release", agent, text, datetime.now(UTC))
+    if flag is None:
+        raise HTTPException(404, "no such held message")
+    page.audit(s, decision, f"review {item_id} (message {flag.inbound_id}): {text}"[:500])
     return page.redirect("/care/queue")
 
 
