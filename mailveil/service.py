@@ -36,6 +36,7 @@ from mailveil.pipeline.process import Pipeline, Processor
 from mailveil.scan.clamd import Clamd, scan_message
 from mailveil.smtp import anvil, listener, policy, protocol, tls
 from mailveil.smtp.backend import StoreBackend
+from mailveil.smtp.vouched import Vouched
 from mailveil.store import workers
 from mailveil.store.db import DATABASE_UNAVAILABLE, make_engine, migrate, session_factory
 from mailveil.store.retention import Retention, purge
@@ -140,8 +141,9 @@ async def run_smtp(rt: Runtime) -> None:
                                      authserv_id=s.trusted_authserv_id,
                                      refuse_unverified=s.refuse_unverified)
     limits = anvil.Anvil(s.limits, rt.sessions)
+    vouched = Vouched()  # the policy service's lookups, for Postfix's relay of the message
     handler = listener.RelayHandler(backend, scanner(s), authenticate, on_accept=rt.doorbell.ring,
-                                    anvil=limits)
+                                    anvil=limits, vouched=vouched)
     connections = protocol.ConnectionLimit(s.smtp_max_connections, limits)
     sharing = asyncio.create_task(limits.run(rt.stopping))
     certificate = tls.ServerCertificate(
@@ -159,7 +161,7 @@ async def run_smtp(rt: Runtime) -> None:
     policy_server = None
     if s.policy_listen is not None:
         policy_server = await policy.start(s.policy_listen.host, s.policy_listen.port,
-                                           backend.lookup)
+                                           backend.lookup, vouched)
         log.info("Postfix policy service listening on %s", s.policy_listen)
     await rt.stopping.wait()
     if policy_server is not None:

@@ -36,6 +36,7 @@ from mailveil.smtp.gate import Lookup, rcpt_reply
 from mailveil.smtp.limits import Limits
 from mailveil.smtp.protocol import client_of
 from mailveil.smtp.tls import negotiated
+from mailveil.smtp.vouched import Vouched
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +86,10 @@ def unexpected(stage: str) -> str:
 
 class RelayHandler:
     def __init__(self, backend: Backend, scanner: Scanner, authenticate: Authenticator,
-                 on_accept: Callable[[], None] = lambda: None, anvil: Anvil | None = None
-                 ) -> None:
+                 on_accept: Callable[[], None] = lambda: None, anvil: Anvil | None = None,
+                 vouched: Vouched | None = None) -> None:
         self._backend = backend
+        self._vouched = Vouched() if vouched is None else vouched  # empty is falsy
         self._anvil = anvil or Anvil(Limits())
         self._scanner = scanner
         self._authenticate = authenticate
@@ -124,16 +126,21 @@ class RelayHandler:
         if refused >= MAX_REFUSED_RCPTS:
             log.warning("too many refused recipients", extra={"peer": str(session.peer)})
             return replies.S421_TOO_MANY_REFUSED
-        client = client_of(session, envelope).address
+        origin = client_of(session, envelope)
+        client = origin.address
         cooled = self._anvil.cooled(client)
         if cooled is not None:
             return cooled
-        try:
-            lookup = await asyncio.to_thread(self._backend.lookup, address)
-        except Exception:
-            log.exception("recipient lookup failed")
-            return replies.S451_STORE_DOWN
-        refusal = rcpt_reply(envelope_sender(envelope), lookup)
+        sender = envelope_sender(envelope)
+        # A trusted peer's relay of what the policy service just accepted: asked already.
+        lookup = self._vouched.get(sender, address) if origin.forwarded else None
+        if lookup is None:
+            try:
+                lookup = await asyncio.to_thread(self._backend.lookup, address)
+            except Exception:
+                log.exception("recipient lookup failed")
+                return replies.S451_STORE_DOWN
+        refusal = rcpt_reply(sender, lookup)
         if refusal is not None:
             self._refused[session] = refused + 1
             RCPT_REFUSED.labels(code=refusal[:9]).inc()

@@ -13,7 +13,9 @@ Why a policy service and not ``smtpd_proxy_filter`` or a lookup table: a lookup 
 sender (only the other party may write); a proxy filter puts mailveil in the middle of
 every SMTP session before Postfix's queue, so a slow scan or commit holds the sender and
 Postfix's queue no longer decouples them. The policy service sees sender and recipient,
-costs one store lookup per RCPT, and Postfix keeps its connections to it open.
+costs one store lookup per RCPT, and Postfix keeps its connections to it open. The
+lookup of an accepted recipient is left in :class:`mailveil.smtp.vouched.Vouched`, so the
+listener does not repeat it when Postfix relays the message a moment later.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from collections.abc import Callable, Mapping
 from mailveil.metrics import RCPT_REFUSED
 from mailveil.smtp import replies
 from mailveil.smtp.gate import Lookup, rcpt_reply
+from mailveil.smtp.vouched import Vouched
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +73,7 @@ def action(request: Mapping[str, str], lookup: Lookup | None) -> str:
 
 
 async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                           lookup: Callable[[str], Lookup]) -> None:
+                           lookup: Callable[[str], Lookup], vouched: Vouched) -> None:
     """Answer requests until Postfix closes the connection, idles, or speaks nonsense."""
     try:
         while True:
@@ -89,6 +92,8 @@ async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamW
                 answer = replies.S451_STORE_DOWN
             else:
                 answer = action(request, found)
+                if answer == DUNNO and recipient is not None and found is not None:
+                    vouched.put(request.get("sender", ""), recipient, found)
             if answer != DUNNO:
                 RCPT_REFUSED.labels(code=answer[:9]).inc()  # as the listener counts its own
             writer.write(f"action={answer}\n\n".encode())
@@ -102,7 +107,10 @@ async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamW
         writer.close()
 
 
-async def start(host: str, port: int, lookup: Callable[[str], Lookup]) -> asyncio.Server:
-    """A listening policy service; ``lookup`` is the listener's (a blocking store call)."""
+async def start(host: str, port: int, lookup: Callable[[str], Lookup], vouched: Vouched
+                ) -> asyncio.Server:
+    """A listening policy service; ``lookup`` is the listener's (a blocking store call),
+    ``vouched`` the listener's too."""
     return await asyncio.start_server(
-        lambda r, w: serve_connection(r, w, lookup), host=host, port=port, limit=MAX_LINE * 2)
+        lambda r, w: serve_connection(r, w, lookup, vouched), host=host, port=port,
+        limit=MAX_LINE * 2)

@@ -19,15 +19,19 @@ from mailveil.smtp import replies
 from tests.conftest import RELAY_DOMAIN, Mailveil
 from tests.e2e.test_refusals import parse_dsn
 from tests.support import dns as test_dns_server
+from tests.support import sqllog
 from tests.support.client import CUSTOMER, SUPPLIER, archive, mail, register
 from tests.support.dns import DKIM_SELECTOR, SPOOFED_DOMAIN, dkim_key
-from tests.support.net import free_port
+from tests.support.net import free_port, wait_for_port
 from tests.support.postfix import POSTFIX, Postfix, deployed, running_postfix
 from tests.support.sink import Sink
 
 CLIENT = "127.0.0.2"  # the sender's server, as Postfix sees it (and forwards it to mailveil)
 CLIENT_HELO = "mx.customer.example"
 AUTHSERV_ID = "mx.reply.example.com"  # deploy/postfix's checkers
+# The RCPT's booking lookup (mailveil.store.repository.booking_by_token), as executed; the
+# worker reads its bookings with IN (...), the web role checks a new token without the join.
+BOOKING_LOOKUP = re.compile(r"\bJOIN suppliers\b.* WHERE bookings\.(customer|supplier)_token = ")
 
 
 @pytest.fixture
@@ -188,3 +192,35 @@ def test_the_upstreams_results_are_believed_from_trusted_peers_only(
     assert b"5.7.26" in refused[CLIENT][1]
     [copy] = sink.wait_for(1, timeout=60)  # through Postfix behind
     assert copy.rcpt_tos == (SUPPLIER,) and b"Checked upstream" in copy.data
+
+
+def test_postfix_and_mailveil_look_a_recipient_up_once(
+        mailveil: Mailveil, sink: Sink, postfix: Postfix, ports: dict[str, int],
+        tmp_path: Path) -> None:
+    """The policy service's lookup, which let Postfix accept the recipient, serves mailveil's
+    own RCPT when Postfix relays the message: one booking lookup per message, not two. An
+    unknown address is still refused at Postfix's RCPT, after its one lookup."""
+    log = tmp_path / "sql.log"
+    mailveil.stop()  # again, counting its statements; Postfix has not asked it anything yet
+    mailveil.env[sqllog.ENV] = str(log)
+    mailveil.module = "tests.support.sqllog"
+    mailveil.start()
+    wait_for_port(ports["10040"], proc=mailveil.proc)
+
+    def lookups() -> int:
+        return sum(1 for statement in sqllog.statements(log) if BOOKING_LOOKUP.search(statement))
+
+    relay = register(mailveil, "GYG-ONCE")["supplier_relay_address"]
+    before = lookups()
+    for n in range(3):
+        msg = mail(CUSTOMER, relay, f"Question {n}", "Is lunch included?\n")
+        assert send_to_mx(postfix, CUSTOMER, [relay], msg.as_bytes()) == {}
+    copies = sink.wait_for(3, timeout=60)
+    assert [c.rcpt_tos for c in copies] == [(SUPPLIER,)] * 3
+    assert lookups() == before + 3  # the policy service's: mailveil's RCPT asked none
+    unknown = f"local-partner-000000000000@{RELAY_DOMAIN}"
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+        send_to_mx(postfix, CUSTOMER, [unknown], mail(CUSTOMER, unknown, "Hi", "Hi\n").as_bytes())
+    [(code, _)] = refused.value.recipients.values()
+    assert code == 550
+    assert lookups() == before + 4

@@ -18,6 +18,7 @@ from mailveil.domain.booking import Party
 from mailveil.smtp import policy, replies
 from mailveil.smtp.backend import StoreBackend
 from mailveil.smtp.gate import Lookup
+from mailveil.smtp.vouched import Vouched
 from mailveil.store import repository as repo
 
 BOOK = AddressBook("reply.example.com")
@@ -46,9 +47,11 @@ def booking(sessions: sessionmaker[Session]) -> str:
         return BOOK.relay_address(Role.SUPPLIER, row.supplier_token)
 
 
-async def ask(lookup: Callable[[str], Lookup], *requests: bytes) -> list[bytes]:
+async def ask(lookup: Callable[[str], Lookup], *requests: bytes, vouched: Vouched | None = None
+              ) -> list[bytes]:
     """The answers of a running service to ``requests``, sent on one connection."""
-    server = await policy.start("127.0.0.1", 0, lookup)
+    server = await policy.start("127.0.0.1", 0, lookup,
+                                Vouched() if vouched is None else vouched)
     port = server.sockets[0].getsockname()[1]
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -66,19 +69,24 @@ def test_the_gates_verdicts_reach_postfix(sessions: sessionmaker[Session]) -> No
     relay = booking(sessions)
     backend = StoreBackend(sessions, BOOK)
     unknown_before = refused("550 5.1.1")
+    vouched = Vouched()
     answers = asyncio.run(ask(
         backend.lookup,
         request(relay, CUSTOMER),
         request(relay, "mallory@elsewhere.example"),
         request("customer-000000000000@reply.example.com", CUSTOMER),
         request(relay, ""),
-        request(relay, CUSTOMER, state="END-OF-MESSAGE")))
+        request(relay, CUSTOMER, state="END-OF-MESSAGE"), vouched=vouched))
     assert answers == [b"action=DUNNO\n\n",
                        f"action={replies.S550_NOT_PARTY}\n\n".encode(),
                        f"action={replies.S550_UNKNOWN}\n\n".encode(),
                        f"action={replies.S550_NULL_SENDER}\n\n".encode(),
                        b"action=DUNNO\n\n"]
     assert refused("550 5.1.1") == unknown_before + 1  # counted as the listener counts
+    # Only the accepted recipient's lookup is left for the listener, under its envelope.
+    assert len(vouched) == 1
+    kept = vouched.get(CUSTOMER, relay)
+    assert kept is not None and kept.booking is not None and kept.booking.reference == "R1"
 
 
 def refused(code: str) -> float:
@@ -97,7 +105,7 @@ def test_a_store_that_cannot_answer_defers() -> None:
                                      b"request=other\n\n", b"a=" + b"x" * 9000 + b"\n\n"])
 def test_a_client_that_is_not_postfix_is_hung_up_on(garbage: bytes) -> None:
     async def run() -> bytes:
-        server = await policy.start("127.0.0.1", 0, lambda a: Lookup(None))
+        server = await policy.start("127.0.0.1", 0, lambda a: Lookup(None), Vouched())
         port = server.sockets[0].getsockname()[1]
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
