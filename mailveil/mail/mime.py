@@ -11,7 +11,7 @@ from __future__ import annotations
 import binascii
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from email import policy
 from email.header import Header
@@ -619,15 +619,31 @@ def parse(raw: bytes) -> Entity:
 
 
 def serialize(entity: Entity) -> bytes:
-    return entity.header + body_bytes(entity)
+    return b"".join(_pieces(entity))
 
 
 def body_bytes(entity: Entity) -> bytes:
     """Everything after the header block, as it will be written."""
+    return entity.body if not entity.multipart else b"".join(_body_pieces(entity))
+
+
+def _pieces(entity: Entity) -> Iterator[bytes]:
+    """The slices an entity is written from, joined once: concatenating level by level
+    copied a 5 MB message about seven times (10 ms, against 1.5)."""
+    yield entity.header
+    yield from _body_pieces(entity)
+
+
+def _body_pieces(entity: Entity) -> Iterator[bytes]:
     if not entity.multipart:
-        return entity.body
-    children = b"".join(p.delimiter + serialize(p.entity) for p in entity.parts)
-    return entity.preamble + children + entity.closing + entity.epilogue
+        yield entity.body
+        return
+    yield entity.preamble
+    for part in entity.parts:
+        yield part.delimiter
+        yield from _pieces(part.entity)
+    yield entity.closing
+    yield entity.epilogue
 
 
 def payload(entity: Entity) -> bytes:
@@ -642,6 +658,25 @@ def payload(entity: Entity) -> bytes:
         except (binascii.Error, ValueError):
             continue
     return entity.body
+
+
+_BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def payload_size(entity: Entity) -> int:
+    """``len(payload(entity))`` without decoding a well-formed base64 body (the usual
+    attachment): counting its alphabet costs 1.5 ms a 3 MB photo, decoding it 10.5 ms.
+    Anything else in the body but line breaks and final padding: decoded after all."""
+    if entity.cte != "base64":
+        return len(payload(entity))
+    body = entity.body
+    others = body.translate(None, _BASE64_ALPHABET)
+    padding = others.translate(None, b"\r\n")
+    if padding.strip(b"=") or not body.rstrip(b"\r\n").endswith(padding):
+        return len(payload(entity))
+    data = len(body) - len(others)
+    # One base64 character past a multiple of four cannot be decoded: payload() keeps it.
+    return len(body) if data % 4 == 1 else data * 3 // 4
 
 
 def _entity(raw: bytes, start: int, end: int, depth: int, default_type: str) -> Entity:

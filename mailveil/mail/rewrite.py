@@ -494,7 +494,29 @@ def _broken(data: bytes, newline: bytes) -> bytes:
 
 
 def _has_long_line(data: bytes) -> bool:
+    if _lines_within(data, MAX_LINE):
+        return False
     return bool(_LONG_LINE.search(data) or _LONG_LINE.match(b"\n" + data[: MAX_LINE + 2]))
+
+
+def _lines_within(data: bytes, limit: int) -> bool:
+    """Whether no line holds more than ``limit`` bytes before its LF (then none is long).
+
+    The regex tries every line (45,000 in a 3 MB base64 photo: 5 ms). Here, when every
+    line is as wide as the first (base64), one strided slice shows it; else one ``rfind``
+    per ``limit`` bytes."""
+    width = data.find(b"\n") + 1
+    if 0 < width <= limit + 1:
+        every = data[width - 1 :: width]
+        if every.count(b"\n") == len(every):
+            return True
+    start = 0
+    while len(data) - start > limit:
+        newline = data.rfind(b"\n", start, start + limit + 1)
+        if newline == -1:
+            return False
+        start = newline + 1
+    return True
 
 
 def _decode(data: bytes, declared: str) -> tuple[str, str]:
