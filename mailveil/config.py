@@ -42,6 +42,7 @@ class Settings:
     relay_domain: str = "reply.example.com"
     smtp_listen: HostPort = HostPort("127.0.0.1", 2525)
     policy_listen: HostPort | None = None  # the Postfix policy service (smtp/policy.py)
+    policy_trust_seconds: int = 5  # how long its lookup serves Postfix's relay (smtp/vouched.py)
     # Peers whose XFORWARD (the client address they saw) the listener believes: a Postfix
     # in front. None by default: anyone else could claim any address.
     trusted_peers: tuple[str, ...] = ()
@@ -251,6 +252,8 @@ def from_env(env: Mapping[str, str]) -> Settings:
         values["retention_body"] = timedelta(days=_positive_int("RETENTION_BODY_DAYS", v))
     if (v := get("RETENTION_DAYS")) is not None:
         values["retention_metadata"] = timedelta(days=_positive_int("RETENTION_DAYS", v))
+    if (v := get("POLICY_TRUST_SECONDS")) is not None:
+        values["policy_trust_seconds"] = _positive_int("POLICY_TRUST_SECONDS", v)
     if (v := get("CPU_BUDGET_SECONDS")) is not None:
         values["cpu_budget_seconds"] = _positive_int("CPU_BUDGET_SECONDS", v)
     if (v := get("LEASE_SECONDS")) is not None:

@@ -141,7 +141,8 @@ async def run_smtp(rt: Runtime) -> None:
                                      authserv_id=s.trusted_authserv_id,
                                      refuse_unverified=s.refuse_unverified)
     limits = anvil.Anvil(s.limits, rt.sessions)
-    vouched = Vouched()  # the policy service's lookups, for Postfix's relay of the message
+    # The policy service's lookups, for Postfix's relay of the message it let in.
+    vouched = Vouched(s.policy_trust_seconds)
     handler = listener.RelayHandler(backend, scanner(s), authenticate, on_accept=rt.doorbell.ring,
                                     anvil=limits, vouched=vouched)
     connections = protocol.ConnectionLimit(s.smtp_max_connections, limits)

@@ -22,13 +22,15 @@ def test_defaults_run_embedded() -> None:
 def test_values_are_read() -> None:
     s = from_env({"MAILVEIL_DATA_DIR": "/srv/mv", "MAILVEIL_RELAY_DOMAIN": "Reply.Tours.Example",
                   "MAILVEIL_SMARTHOST": "[::1]:25", "MAILVEIL_GRACE_DAYS": "3",
-                  "MAILVEIL_BOOKING_HORIZON_DAYS": "400",
+                  "MAILVEIL_BOOKING_HORIZON_DAYS": "400", "MAILVEIL_POLICY_TRUST_SECONDS": "30",
                   "MAILVEIL_API_TOKEN": "x" * 20, "OTHER": "ignored"})
     assert s.data_dir == Path("/srv/mv")
     assert s.relay_domain == "reply.tours.example"
     assert s.smarthost == HostPort("::1", 25)
     assert s.grace_period == timedelta(days=3)
     assert s.booking_horizon == timedelta(days=400)
+    assert s.policy_trust_seconds == 30
+    assert from_env({}).policy_trust_seconds == 5
 
 
 @pytest.mark.parametrize(("name", "value"), [
@@ -58,6 +60,7 @@ def test_values_are_read() -> None:
     ("SMTP_SESSION_SECONDS", "ten"),
     ("SMTP_MIN_DATA_RATE", "-1"),
     ("SMTP_COOLDOWN_SECONDS", "0"),
+    ("POLICY_TRUST_SECONDS", "0"),
     ("SMTP_CONNECT_RATE", "60"),
     ("SMTP_UNKNOWN_RCPT_RATE", "20/0"),
     ("RATE_SENDER", "60 per hour"),
