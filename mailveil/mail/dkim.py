@@ -12,7 +12,6 @@ import contextlib
 import functools
 import hashlib
 import os
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from dkim.canonicalization import CanonicalizationPolicy
 
+from mailveil.mail.mime import BARE_LF
+
 # Signed when present. Cc and Reply-To too: a replayed message must not gain either.
 SIGNED_HEADERS = (
     b"from", b"to", b"cc", b"reply-to", b"subject", b"date", b"message-id", b"in-reply-to",
@@ -31,9 +32,6 @@ SIGNED_HEADERS = (
 )
 
 
-_BARE_LF = re.compile(rb"\n(?<!\r\n)")
-"""Led by the literal, re skips from LF to LF at memchr speed: 3.4 ms a 5 MB message, against
-4.7 + 1.5 for counting CRLFs and LFs and 74 for a lookbehind first."""
 _CANON = CanonicalizationPolicy.from_c_value(b"relaxed/simple")
 _SIGNATURE_HEADER = b"DKIM-Signature"
 
@@ -79,7 +77,7 @@ def crlf(raw: bytes) -> bytes:
     """Every line ending as CRLF, as the SMTP client will send it anyway: a signature over
     bare LFs would break on the way. A search spares the rewrite (a copy) when all is well.
     """
-    return raw if _BARE_LF.search(raw) is None else _BARE_LF.sub(b"\r\n", raw)
+    return raw if BARE_LF.search(raw) is None else BARE_LF.sub(b"\r\n", raw)
 
 
 @functools.lru_cache(maxsize=4)
