@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from bench import report
 from bench.mailveil_sut import Mailveil
 from bench.measure import Phase, Sink
 from bench.postfix import Postfix, PostfixMailveil
-from bench.runner import Runner
+from bench.runner import Runner, measure_all
 from bench.systems import REPO, NaiveRelay, System
 
 SYSTEMS = ("naive", "postfix", "mailveil-sqlite", "mailveil-pg", "postfix-mailveil-sqlite",
@@ -109,16 +108,7 @@ async def run(args: argparse.Namespace) -> tuple[list[Phase], dict[str, Any]]:
     await sink.start()
     runner = Runner(args, make_systems(args, sink.port, workdir), sink, meta,
                     args.out / f"{stamp}-profile" if args.profile else None)
-    try:
-        await runner.start_all()
-        return await runner.measure(), meta
-    finally:
-        await runner.stop_all()
-        await sink.stop()
-        if args.keep:
-            print(f"work directory kept: {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    return await measure_all(runner, sink, workdir, args.keep), meta
 
 
 def host_info() -> dict[str, Any]:

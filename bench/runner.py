@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -130,3 +131,18 @@ class Runner:
             print("    SQL per message: " + ", ".join(
                 f"{k} {v:g}" for k, v in p.sql_per_msg.items()), flush=True)
         return p
+
+
+async def measure_all(runner: Runner, sink: Sink, workdir: Path, keep: bool) -> list[Phase]:
+    """Start every system and measure; whatever happens, stop them and the sink, and remove
+    the work directory (every system's logs) unless asked to keep it."""
+    try:
+        await runner.start_all()
+        return await runner.measure()
+    finally:
+        await runner.stop_all()
+        await sink.stop()
+        if keep:
+            print(f"work directory kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ from bench import relay, report
 from bench.mailveil_sut import Mailveil
 from bench.measure import Phase, Sink
 from bench.procstat import cpu_seconds
-from bench.runner import Runner
+from bench.runner import Runner, measure_all
 from bench.systems import System
 
 
@@ -106,16 +105,7 @@ async def run(workers: list[int], args: argparse.Namespace,
     systems = [Mailveil(sink.port, workdir, args.bookings, database="postgresql",
                         topology=f"split:{w}", count_sql=args.count_sql) for w in workers]
     runner = RoleRunner(args, list(systems), sink, meta, None)
-    try:
-        await runner.start_all()
-        return await runner.measure(), runner.role_ms
-    finally:
-        await runner.stop_all()
-        await sink.stop()
-        if args.keep:
-            print(f"work directory kept: {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    return await measure_all(runner, sink, workdir, args.keep), runner.role_ms
 
 
 def main(argv: list[str] | None = None) -> int:
